@@ -1,0 +1,1 @@
+"""Clients of the running tagger service: token handling, REST and gRPC inference, readiness wait, CLI."""

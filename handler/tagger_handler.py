@@ -1,0 +1,123 @@
+"""TorchServe handler of the photo tagger: image bytes in, grouped tags out.
+
+TorchServe calls `initialize` once per worker and `handle` once per batch of concurrent requests. A request that
+carries no decodable image gets HTTP 400 with {"error": ..., "code": 400} (the payload repeats the code because
+TorchServe's gRPC path drops per-request status codes); the rest of its batch is tagged as usual.
+
+Settings come from the archive's model-config.yaml, `handler:` section:
+    device: auto | cpu | cuda      # auto: the GPU TorchServe assigned to this worker, if any
+    decode_threads: 2              # PIL and numpy release the GIL while decoding and resizing
+    max_pixels: 80000000           # larger images are refused before they are decoded
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from phototag.checkpoint import load_model
+from phototag.decoding import MAX_PIXELS, ImageDecodeError, decode_image
+from phototag.payload import PayloadError, extract_image_bytes
+from phototag.preprocessing import draft_size, normalize, resize_to_tensor
+from phototag.taxonomy import Taxonomy, logits_to_tags
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.pt"
+TAXONOMY_FILE = "taxonomy.json"
+
+
+def _content_type(context, index: int) -> str | None:
+    # Header names reach the worker as the client spelled them.
+    headers = context.get_all_request_header(index) or {}
+    return next((value for name, value in headers.items() if name.lower() == "content-type"), None)
+
+
+class PhotoTaggerHandler:
+    def __init__(self):
+        self.initialized = False
+        self.model = None
+        self.taxonomy: Taxonomy | None = None
+        self.device = torch.device("cpu")
+        self.model_version = "unknown"
+        self.image_size = 0
+        self.max_pixels = MAX_PIXELS
+        self.decoder_pool: ThreadPoolExecutor | None = None
+
+    def initialize(self, context):
+        """Load weights and taxonomy from the archive, choose the device, and run one warm-up batch [1, 3, S, S]."""
+        properties = context.system_properties
+        model_dir = properties.get("model_dir")
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+        self.device = self._choose_device(settings.get("device", "auto"), properties.get("gpu_id"))
+        # The archive's taxonomy.json is the served one; load_model refuses a model whose outputs disagree with it.
+        taxonomy = Taxonomy.load(os.path.join(model_dir, TAXONOMY_FILE))
+        self.model, self.taxonomy, _ = load_model(os.path.join(model_dir, WEIGHTS_FILE), taxonomy=taxonomy)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.image_size = self.model.config.image_size
+        self.max_pixels = int(settings.get("max_pixels", MAX_PIXELS))
+        self.decoder_pool = ThreadPoolExecutor(max_workers=int(settings.get("decode_threads", 2)),
+                                               thread_name_prefix="decode")
+        self.model_version = str(context.manifest.get("model", {}).get("modelVersion", "unknown"))
+        self.inference(torch.zeros(1, 3, self.image_size, self.image_size, dtype=torch.uint8))
+        log.info("tagger %s ready on %s: %d logits, input %d px, groups %s", self.model_version, self.device,
+                 self.taxonomy.num_logits, self.image_size, list(self.taxonomy.head_sizes))
+        self.initialized = True
+
+    @staticmethod
+    def _choose_device(setting: str, gpu_id) -> torch.device:
+        if setting == "cpu" or not torch.cuda.is_available():
+            if setting == "cuda":
+                raise RuntimeError("model-config.yaml asks for device: cuda but this worker sees no CUDA device")
+            return torch.device("cpu")
+        return torch.device(f"cuda:{int(gpu_id) if gpu_id is not None else 0}")
+
+    def _prepare_one(self, request: dict, content_type: str | None) -> torch.Tensor | dict:
+        try:
+            data = extract_image_bytes(request, content_type)
+            image = decode_image(data, max_pixels=self.max_pixels, draft_size=draft_size(self.image_size))
+        except (PayloadError, ImageDecodeError) as exc:
+            return {"error": str(exc), "reason": exc.reason, "code": 400}
+        return resize_to_tensor(image, self.image_size)
+
+    def preprocess(self, requests: list[dict], content_types: list[str | None]) -> tuple[torch.Tensor, list]:
+        """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: tensor or error dict)."""
+        prepared = list(self.decoder_pool.map(self._prepare_one, requests, content_types))
+        images = [p for p in prepared if isinstance(p, torch.Tensor)]
+        batch = torch.stack(images) if images else torch.empty(0, 3, self.image_size, self.image_size,
+                                                                dtype=torch.uint8)
+        return batch, prepared
+
+    @torch.inference_mode()
+    def inference(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 [M, 3, S, S] -> float32 logits [M, num_logits] on the CPU, in one forward pass."""
+        if len(batch) == 0:
+            return torch.empty(0, self.taxonomy.num_logits)
+        x = normalize(batch.to(self.device, non_blocking=True))
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.model(x.contiguous(memory_format=torch.channels_last)).float().cpu()
+        return self.model(x).cpu()
+
+    def postprocess(self, logits: torch.Tensor, prepared: list) -> list[dict]:
+        """logits [M, num_logits] + the N preprocess entries -> N response dicts (tags or the request's error)."""
+        rows = iter(logits.tolist())
+        return [p if isinstance(p, dict) else logits_to_tags(next(rows), self.taxonomy, self.model_version)
+                for p in prepared]
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        """One TorchServe batch: N requests in, N compact JSON bodies out (errors keep their slot)."""
+        content_types = [_content_type(context, i) for i in range(len(data))]
+        batch, prepared = self.preprocess(data, content_types)
+        responses = self.postprocess(self.inference(batch), prepared)
+        for index, response in enumerate(responses):
+            context.set_response_content_type(index, "application/json")
+            if "error" in response:
+                context.set_response_status(response["code"], response["error"][:200], index)
+        log.info("batch of %d requests: %d tagged, %d refused", len(data), len(batch), len(data) - len(batch))
+        return [json.dumps(r, ensure_ascii=False) for r in responses]

@@ -1,0 +1,1 @@
+"""Code shared by training and the TorchServe handler: taxonomy, model, decoding and eval preprocessing."""

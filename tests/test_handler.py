@@ -1,0 +1,102 @@
+"""The handler in process, driven through TorchServe's own Context class (no server): lifecycle, batches with
+bad items, and the refusal to start with a taxonomy that does not fit the model."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+from ts.context import Context, RequestProcessor
+
+from handler.tagger_handler import PhotoTaggerHandler
+from phototag.preprocessing import resize_to_tensor
+from phototag.taxonomy import Taxonomy, TaxonomyError
+from tests.torchserve_process import REPO
+
+
+def make_context(model_dir, batch_size=8, version="1.0"):
+    config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    manifest = {"model": {"modelName": "tagger", "modelVersion": version}}
+    return Context("tagger", str(model_dir), manifest, batch_size, None, "0.12.0", model_yaml_config=config)
+
+
+def with_requests(context, headers):
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    return context
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_run):
+    h = PhotoTaggerHandler()
+    h.initialize(make_context(tiny_run))
+    return h
+
+
+def handle(handler, context, rows, content_types=None):
+    headers = [{"Content-Type": ct} if ct else {} for ct in (content_types or [None] * len(rows))]
+    return [json.loads(r) for r in handler.handle(rows, with_requests(context, headers))], context
+
+
+def test_initialize_reads_archive_files(handler, tiny_run):
+    assert handler.initialized
+    assert handler.taxonomy == Taxonomy.load(tiny_run / "taxonomy.json")
+    assert handler.image_size == 64 and handler.device.type == "cpu"
+
+
+def test_batch_with_bad_items_answers_every_slot(handler, tiny_run, sample_images):
+    context = make_context(tiny_run)
+    b64 = base64.b64encode(sample_images[1]).decode()
+    rows = [{"body": sample_images[0]}, {"body": b"%PDF-1.7 not an image"}, {"data": {"data": b64}},
+            {"body": sample_images[2][: len(sample_images[2]) // 3]}, {"file": sample_images[3]},
+            {"body": {"data": "@@@"}}]
+    results, context = handle(handler, context, rows, [None, None, "application/json", None, None,
+                                                       "application/json"])
+    assert len(results) == len(rows)
+    good = [0, 2, 4]
+    for i in good:
+        assert results[i]["model_version"] == "1.0" and "tags" in results[i]
+        assert context.get_response_status(i)[0] == 200
+    for i, reason in [(1, "not_an_image"), (3, "truncated"), (5, "bad_base64")]:
+        assert results[i]["code"] == 400 and results[i]["reason"] == reason
+        assert context.get_response_status(i)[0] == 400
+        assert results[i]["error"]
+
+
+def test_batched_results_equal_single_results(handler, tiny_run, sample_images):
+    single = [handle(handler, make_context(tiny_run), [{"body": img}])[0][0] for img in sample_images[:4]]
+    batched, _ = handle(handler, make_context(tiny_run), [{"body": img} for img in sample_images[:4]])
+    for one, many in zip(single, batched):
+        assert one["tags"] == many["tags"]
+        for group in ("time_of_day", "season", "terrain"):
+            assert one[group]["label"] == many[group]["label"]
+            assert one[group]["score"] == pytest.approx(many[group]["score"], abs=1e-3)
+
+
+def test_whole_batch_of_bad_items_skips_the_model(handler, tiny_run):
+    results, _ = handle(handler, make_context(tiny_run), [{"body": b""}, {"body": b"GIF89a"}])
+    assert [r["code"] for r in results] == [400, 400]
+
+
+def test_preprocess_and_inference_shapes(handler, sample_images):
+    batch, prepared = handler.preprocess([{"body": sample_images[0]}, {"body": b"x"}], [None, None])
+    assert batch.shape == (1, 3, 64, 64) and batch.dtype.is_floating_point is False
+    assert isinstance(prepared[1], dict)
+    logits = handler.inference(batch)
+    assert logits.shape == (1, handler.taxonomy.num_logits)
+    expected = resize_to_tensor(Image.open(io.BytesIO(sample_images[0])).convert("RGB"), 64)
+    assert batch[0].float().sub(expected.float()).abs().mean() < 2.0  # the training-time path, same pixels
+
+
+def test_refuses_to_start_when_taxonomy_does_not_fit(tiny_run, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_run, model_dir)
+    data = json.loads((model_dir / "taxonomy.json").read_text(encoding="utf-8"))
+    data.pop("num_logits")
+    data["groups"][3]["classes"] = data["groups"][3]["classes"][:4]
+    (model_dir / "taxonomy.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(TaxonomyError, match="20 outputs but the taxonomy describes 16 logits"):
+        PhotoTaggerHandler().initialize(make_context(model_dir))

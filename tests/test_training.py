@@ -1,0 +1,72 @@
+"""The training CLI end to end on tiny synthetic data: what it writes, and how it treats bad rows and files."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import torch
+
+from phototag.checkpoint import load_model
+from phototag.taxonomy import Taxonomy
+from tests.conftest import run
+from training.data import load_labeled_folder
+from training.train import get_args_parser
+
+
+def test_run_writes_weights_taxonomy_metrics_and_args(tiny_run):
+    payload = torch.load(tiny_run / "model.pt", weights_only=True)
+    assert {"model", "model_config", "taxonomy", "args", "epoch"} <= set(payload)
+    assert payload["args"]["epochs"] == 1 and payload["model_config"]["arch"] == "resnet34"
+    model, taxonomy, _ = load_model(tiny_run / "model.pt")
+    assert taxonomy == Taxonomy.load(tiny_run / "taxonomy.json")  # the archive's copy is the checkpoint's
+    assert set(taxonomy.thresholds()) == {c.id for c in Taxonomy.load().group("objects").classes}
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("val", "val_baseline", "thresholds", "history", "best_epoch"):
+        assert key in metrics
+    for head in ("time_of_day", "season", "terrain"):
+        assert {"accuracy", "macro_f1"} <= set(metrics["val"][head])
+    assert len(metrics["val"]["objects"]["f1"]) == 8 and "mean_object_f1" in metrics["val"]
+    assert json.loads((tiny_run / "args.json").read_text())["image_size"] == 64
+
+
+def test_every_flag_has_help():
+    parser = get_args_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+
+
+def test_missing_and_unreadable_images_are_reported_and_skipped(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset.parent, data)
+    images = sorted((data / "images").iterdir())
+    images[0].unlink()
+    images[1].write_bytes(b"this is not a photo")
+    loaded = load_labeled_folder(data / "labels.csv", None, Taxonomy.load(), 32, workers=0)
+    assert len(loaded) == len(images) - 2
+    assert loaded.images.shape[1:] == (3, 32, 32) and loaded.images.dtype == torch.uint8
+    assert "missing file" in loaded.skipped[images[0].name]
+    assert "unreadable image" in loaded.skipped[images[1].name]
+
+    result = run([sys.executable, "-m", "training.train", "--data", str(data / "labels.csv"), "--epochs", "1",
+                  "--batch-size", "8", "--image-size", "32", "--arch", "resnet18", "--workers", "0",
+                  "--output-dir", str(tmp_path / "run")])
+    assert "skipped 2 of 24 images" in result.stdout
+    assert images[0].name in result.stdout and images[1].name in result.stdout
+    assert set(json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"]) == {images[0].name,
+                                                                                            images[1].name}
+
+
+def test_out_of_range_label_stops_training_with_row_and_column(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset.parent, data)
+    lines = (data / "labels.csv").read_text(encoding="utf-8").splitlines()
+    cells = lines[3].split(";")
+    cells[2] = "9"
+    lines[3] = ";".join(cells)
+    (data / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run([sys.executable, "-m", "training.train", "--data", str(data / "labels.csv"), "--epochs", "1",
+                  "--output-dir", str(tmp_path / "run")], check=False)
+    assert result.returncode == 2
+    assert "error: " in result.stderr and "line 4, column 'Время года'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,126 @@
+"""Start a real TorchServe for tests: the project's config.properties on free loopback ports, in its own folder.
+
+Each instance gets its own working directory (key_file.json and logs land there) and its own TMPDIR (TorchServe
+keeps its pid file in the temp dir, so two instances would otherwise refuse to coexist), and runs in its own
+process group so that teardown kills the frontend and every worker even when a test failed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from client.ready import wait_until_ready
+
+REPO = Path(__file__).resolve().parent.parent
+TORCHSERVE = Path(sys.executable).parent / "torchserve"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def derive_config(overrides: dict[str, str], source: Path = REPO / "config.properties") -> str:
+    """The project's config with some keys replaced (ports, model store); every other setting kept as shipped."""
+    lines, seen = [], set()
+    for line in source.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and key in overrides:
+            line = f"{key}={overrides[key]}"
+            seen.add(key)
+        lines.append(line)
+    lines += [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class TorchServe:
+    workdir: Path
+    model_store: Path
+    extra_config: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc", "grpc_mgmt")}
+        self.worker_port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inference']}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['management']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics']}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    def start(self, timeout: float = 240) -> "TorchServe":
+        overrides = {
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": self.metrics_url,
+            "grpc_inference_port": str(self.ports["grpc"]),
+            "grpc_management_port": str(self.ports["grpc_mgmt"]),
+            "initial_worker_port": str(self.worker_port),
+            "model_store": str(self.model_store),
+            **self.extra_config,
+        }
+        (self.workdir / "config.properties").write_text(derive_config(overrides))
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(self.workdir / "tmp"), "LOG_LOCATION": str(self.logs),
+               "METRICS_LOCATION": str(self.logs), "PYTHONPATH": ""}
+        self.process = subprocess.Popen(
+            [str(TORCHSERVE), "--start", "--foreground", "--ts-config", "config.properties"],
+            cwd=self.workdir, env=env, stdout=open(self.workdir / "torchserve.out", "wb"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until_ready("tagger", self.management_url, self.key_file, timeout,
+                             alive=lambda: self.process.poll() is None)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers were started by the frontend in the same process group; make sure none outlives it.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def log_text(self, name: str = "model_log.log") -> str:
+        path = self.logs / name
+        return path.read_text(errors="replace") if path.exists() else ""

@@ -1,0 +1,107 @@
+"""Per-head metrics, the majority-class baseline and per-object threshold tuning (numpy, no sklearn).
+
+Headline metric, as in the original write-up: the mean F1 over the yes/no objects.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from phototag.taxonomy import SINGLE, Taxonomy
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+# A tuned threshold must beat answering "yes" for every photo by this much F1, else the default stays: a
+# threshold that tags every photo with every object would make the photobank's object search useless.
+MIN_GAIN_OVER_ALWAYS_YES = 0.05
+
+
+def f1_score(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Binary F1; 0.0 when there are no positives and none are predicted (sklearn's zero_division default)."""
+    truth, predicted = truth.astype(bool), predicted.astype(bool)
+    tp = np.sum(truth & predicted)
+    denominator = truth.sum() + predicted.sum()
+    return 0.0 if denominator == 0 else float(2 * tp / denominator)
+
+
+def single_choice_metrics(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
+    """Accuracy and macro-F1 over the classes that occur in the truth or the predictions."""
+    classes = [c for c in range(num_classes) if np.any(truth == c) or np.any(predicted == c)]
+    per_class = [f1_score(truth == c, predicted == c) for c in classes]
+    return {"accuracy": float(np.mean(truth == predicted)), "macro_f1": float(np.mean(per_class))}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def evaluate_logits(logits: np.ndarray, targets: dict[str, np.ndarray], taxonomy: Taxonomy) -> dict:
+    """Metrics of logits [N, num_logits] against targets (per group: class indices [N] or 0/1 [N, K])."""
+    taxonomy.check_model_outputs(logits.shape[1])
+    result: dict = {}
+    object_f1 = []
+    for group in taxonomy.groups:
+        chunk = logits[:, group.logits]
+        if group.kind == SINGLE:
+            result[group.name] = single_choice_metrics(targets[group.name], chunk.argmax(axis=1), group.size)
+        else:
+            probs = sigmoid(chunk)
+            per_class = {}
+            for k, cls in enumerate(group.classes):
+                per_class[cls.id] = f1_score(targets[group.name][:, k], probs[:, k] >= cls.threshold)
+            result[group.name] = {"f1": per_class, "mean_f1": float(np.mean(list(per_class.values())))}
+            object_f1.extend(per_class.values())
+    result["mean_object_f1"] = float(np.mean(object_f1)) if object_f1 else float("nan")
+    return result
+
+
+def majority_baseline(train_targets: dict[str, np.ndarray], eval_targets: dict[str, np.ndarray],
+                      taxonomy: Taxonomy) -> dict:
+    """What predicting the training set's most frequent answer for every head scores on the eval targets."""
+    result: dict = {}
+    object_f1 = []
+    for group in taxonomy.groups:
+        truth = eval_targets[group.name]
+        if group.kind == SINGLE:
+            majority = np.bincount(train_targets[group.name], minlength=group.size).argmax()
+            result[group.name] = single_choice_metrics(truth, np.full_like(truth, majority), group.size)
+        else:
+            majority = train_targets[group.name].mean(axis=0) >= 0.5
+            per_class = {c.id: f1_score(truth[:, k], np.full(len(truth), majority[k]))
+                         for k, c in enumerate(group.classes)}
+            result[group.name] = {"f1": per_class, "mean_f1": float(np.mean(list(per_class.values())))}
+            object_f1.extend(per_class.values())
+    result["mean_object_f1"] = float(np.mean(object_f1)) if object_f1 else float("nan")
+    return result
+
+
+def tune_thresholds(logits: np.ndarray, targets: dict[str, np.ndarray], taxonomy: Taxonomy) -> dict[str, float]:
+    """Per yes/no class, the threshold on the validation split that gives the best F1 (ties: closest to 0.5);
+    the class's current threshold where no threshold clearly beats tagging every photo."""
+    thresholds = {}
+    for group in taxonomy.groups:
+        if group.kind == SINGLE:
+            continue
+        probs = sigmoid(logits[:, group.logits])
+        for k, cls in enumerate(group.classes):
+            truth = targets[group.name][:, k]
+            best_f1, _, best_t = max((f1_score(truth, probs[:, k] >= t), -abs(t - 0.5), t) for t in THRESHOLD_GRID)
+            always_yes = f1_score(truth, np.ones_like(truth))
+            thresholds[cls.id] = float(best_t) if best_f1 >= always_yes + MIN_GAIN_OVER_ALWAYS_YES else cls.threshold
+    return thresholds
+
+
+def format_metrics(metrics: dict, taxonomy: Taxonomy) -> str:
+    """A few human-readable lines: per single-choice head acc / macro-F1, per object F1, the headline."""
+    lines = []
+    for group in taxonomy.groups:
+        m = metrics[group.name]
+        if group.kind == SINGLE:
+            lines.append(f"  {group.name:<12} acc {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}")
+        else:
+            lines.append(f"  {group.name:<12} " + "  ".join(f"{k} {v:.2f}" for k, v in m["f1"].items()))
+    lines.append(f"  mean object F1 {metrics['mean_object_f1']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,273 @@
+"""Train, evaluate and save the multi-head photo tagger (shaped like torchvision's reference scripts).
+
+    python -m training.train --data data/train/labels.csv --output-dir runs/exp1
+    python -m training.train --synthetic 2000 --output-dir runs/synth      # generate a synthetic set first
+
+Writes into --output-dir: model.pt (state_dict + model config + taxonomy with tuned thresholds + args, loadable
+with weights_only=True), taxonomy.json (the same taxonomy, for the archive), metrics.json and args.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from phototag.checkpoint import save_checkpoint
+from phototag.model import BACKBONES, PretrainedWeightsUnavailable, build_model
+from phototag.preprocessing import IMAGE_SIZE, normalize
+from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
+from training.data import InMemoryDataset, load_labeled_folder
+from training.labels_csv import LabelCsvError
+from training.metrics import evaluate_logits, format_metrics, majority_baseline, tune_thresholds
+
+log = logging.getLogger("train")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the multi-head photo tagger", add_help=add_help)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, help="label CSV in the original dataset's format (train+val pool)")
+    data.add_argument("--images", type=Path, help="folder the CSV's filenames are relative to (default: CSV folder/images)")
+    data.add_argument("--synthetic", type=int, default=0, metavar="N",
+                      help="without --data: first generate N synthetic scenes into OUTPUT_DIR/synthetic")
+    data.add_argument("--synthetic-seed", type=int, default=0, help="seed of the generated synthetic scenes")
+    data.add_argument("--synthetic-max-size", type=int, default=2000, help="largest side of generated scenes, px")
+    data.add_argument("--test-data", type=Path, help="held-out label CSV evaluated once with the final model")
+    data.add_argument("--test-images", type=Path, help="image folder of --test-data (default: its folder/images)")
+    data.add_argument("--val-fraction", type=float, default=0.15, help="share of --data held out for validation")
+    data.add_argument("--limit", type=int, help="use only the first N rows of --data (quick experiments)")
+    data.add_argument("--taxonomy", type=Path, default=DEFAULT_TAXONOMY_PATH, help="taxonomy JSON (heads and CSV columns)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", default="resnet34", choices=sorted(BACKBONES), help="backbone architecture")
+    model.add_argument("--weights", default="none", choices=["none", "imagenet"],
+                       help="backbone init: torchvision ImageNet weights (needs network or the torch hub cache) or random")
+    model.add_argument("--dropout", type=float, default=0.2, help="dropout before each head")
+    model.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                       help="square model input side; stored in the checkpoint so serving resizes the same way")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    optim.add_argument("-b", "--batch-size", type=int, default=32, help="images per optimisation step")
+    optim.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (one-cycle schedule)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    optim.add_argument("--seed", type=int, default=0, help="seed of the train/val split, init and shuffling")
+    optim.add_argument("-j", "--workers", type=int, default=2, help="processes decoding images before training")
+    optim.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    optim.add_argument("--no-amp", dest="amp", action="store_false",
+                       help="on CUDA, train in fp32 instead of bf16 autocast")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/latest"), help="where model.pt and metrics go")
+    return parser
+
+
+class MultiHeadLoss(nn.Module):
+    """Cross-entropy on each single-choice slice plus BCE-with-logits on each yes/no slice, summed over heads."""
+
+    def __init__(self, taxonomy: Taxonomy):
+        super().__init__()
+        self.taxonomy = taxonomy
+        self.ce, self.bce = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = logits.new_zeros(())
+        for group in self.taxonomy.groups:
+            chunk = logits[:, group.logits].float()
+            loss = loss + (self.ce(chunk, targets[group.name]) if group.kind == SINGLE
+                           else self.bce(chunk, targets[group.name]))
+        return loss
+
+
+def _batches(data: InMemoryDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
+    order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield data.images[idx], {k: v[idx] for k, v in data.targets.items()}
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" else nullcontext()
+
+
+def _to_device_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = normalize(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def train_one_epoch(model, criterion, optimizer, scheduler, data: InMemoryDataset, device, epoch: int, args,
+                    generator: torch.Generator) -> float:
+    model.train()
+    total, seen = 0.0, 0
+    steps = math.ceil(len(data) / args.batch_size)
+    bar = tqdm(_batches(data, args.batch_size, True, generator), total=steps, desc=f"epoch {epoch}",
+               leave=False, mininterval=2.0, file=sys.stderr, disable=None)  # no bar in logs
+    for images, targets in bar:
+        # Horizontal flips change no label (nothing in the taxonomy depends on left/right).
+        flip = torch.rand(len(images), generator=generator) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        x = _to_device_input(images, device)
+        targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+        with _autocast(device, args.amp):
+            loss = criterion(model(x), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{total / seen:.3f}")
+    return total / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(model, data: InMemoryDataset, device, args) -> np.ndarray:
+    """Logits [N, num_logits] (float32, CPU numpy) of the whole split in eval mode."""
+    model.eval()
+    chunks = []
+    for images, _ in _batches(data, args.batch_size * 2, False):
+        with _autocast(device, args.amp):
+            chunks.append(model(_to_device_input(images, device)).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def _numpy_targets(data: InMemoryDataset) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in data.targets.items()}
+
+
+def _selection_score(metrics: dict, taxonomy: Taxonomy) -> float:
+    """One number to pick the best epoch: the headline object F1 and every single-choice macro-F1, averaged."""
+    parts = [metrics["mean_object_f1"]] + [metrics[g.name]["macro_f1"] for g in taxonomy.single_groups]
+    return float(np.mean(parts))
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _split(data: InMemoryDataset, val_fraction: float, seed: int) -> tuple[InMemoryDataset, InMemoryDataset]:
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(len(data) * val_fraction)))
+    if n_val >= len(data):
+        raise ValueError(f"{len(data)} images are too few to hold out {val_fraction:.0%} for validation")
+    return data.subset(order[n_val:]), data.subset(order[:n_val])
+
+
+def _prepare_synthetic(args) -> None:
+    from training.synth import generate_dataset  # only needed for synthetic runs
+
+    target = args.output_dir / "synthetic"
+    log.info("generating %d synthetic scenes into %s", args.synthetic, target)
+    args.data = generate_dataset(target, count=args.synthetic, seed=args.synthetic_seed,
+                                 max_size=args.synthetic_max_size, workers=args.workers)
+    args.images = None
+
+
+def _jsonable_args(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def main(args) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
+    torch.manual_seed(args.seed)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.data is None:
+        if not args.synthetic:
+            raise SystemExit("give --data CSV or --synthetic N")
+        _prepare_synthetic(args)
+    taxonomy = Taxonomy.load(args.taxonomy)
+    device = _resolve_device(args.device)
+    log.info("device %s, %d torch threads", device, torch.get_num_threads())
+
+    started = time.time()
+    pool = load_labeled_folder(args.data, args.images, taxonomy, args.image_size, args.workers, args.limit)
+    train_data, val_data = _split(pool, args.val_fraction, args.seed)
+    log.info("loaded %d images (%d skipped) in %.0f s: %d train, %d val", len(pool), len(pool.skipped),
+             time.time() - started, len(train_data), len(val_data))
+    val_targets = _numpy_targets(val_data)
+    baseline = majority_baseline(_numpy_targets(train_data), val_targets, taxonomy)
+    log.info("majority-class baseline on val:\n%s", format_metrics(baseline, taxonomy))
+
+    model = build_model(taxonomy, weights=args.weights, arch=args.arch, dropout=args.dropout,
+                        image_size=args.image_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    criterion = MultiHeadLoss(taxonomy)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
+                                                    steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    history, best = [], None
+    summary = {"val_baseline": baseline, "train_images": len(train_data), "val_images": len(val_data),
+               "skipped": pool.skipped, "device": str(device)}
+    for epoch in range(1, args.epochs + 1):
+        epoch_start = time.time()
+        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_data, device, epoch, args,
+                                     generator)
+        val_logits = evaluate(model, val_data, device, args)
+        metrics = evaluate_logits(val_logits, val_targets, taxonomy)
+        score = _selection_score(metrics, taxonomy)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val": metrics, "score": score,
+                        "seconds": round(time.time() - epoch_start, 1)})
+        log.info("epoch %d/%d  loss %.4f  val score %.4f  (%.0f s)\n%s", epoch, args.epochs, train_loss, score,
+                 time.time() - epoch_start, format_metrics(metrics, taxonomy))
+        if best is None or score > best["score"]:
+            # Saved at once, so an interrupted long run still leaves its best model behind, ready to archive.
+            thresholds = tune_thresholds(val_logits, val_targets, taxonomy)
+            trained_taxonomy = taxonomy.with_thresholds(thresholds)
+            best = {"epoch": epoch, "score": score, "taxonomy": trained_taxonomy,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            summary.update(best_epoch=epoch, thresholds=thresholds,
+                           val=evaluate_logits(val_logits, val_targets, trained_taxonomy))
+            _save_run(args, model, trained_taxonomy, summary)
+        summary.update(history=history, epochs_done=epoch, train_seconds=round(time.time() - started, 1))
+        _write_json(args.output_dir / "metrics.json", summary)
+
+    model.load_state_dict(best["state"])
+    log.info("best epoch %d, val with tuned thresholds:\n%s", best["epoch"], format_metrics(summary["val"], taxonomy))
+    if args.test_data:
+        test_data = load_labeled_folder(args.test_data, args.test_images, taxonomy, args.image_size, args.workers)
+        test_targets = _numpy_targets(test_data)
+        summary["test"] = evaluate_logits(evaluate(model, test_data, device, args), test_targets, best["taxonomy"])
+        summary["test_baseline"] = majority_baseline(_numpy_targets(train_data), test_targets, taxonomy)
+        summary["test_images"] = len(test_data)
+        log.info("held-out test (%d images):\n%s\nmajority baseline on test:\n%s", len(test_data),
+                 format_metrics(summary["test"], taxonomy), format_metrics(summary["test_baseline"], taxonomy))
+    _write_json(args.output_dir / "metrics.json", summary)
+    log.info("saved %s (model.pt, taxonomy.json, metrics.json)", args.output_dir)
+    return summary
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _save_run(args, model, taxonomy: Taxonomy, summary: dict) -> None:
+    """model.pt (weights + config + taxonomy + args), taxonomy.json beside it, args.json."""
+    cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    export = build_model(taxonomy, arch=args.arch, dropout=args.dropout, image_size=args.image_size)
+    export.load_state_dict(cpu_state)  # a plain CPU, contiguous-format copy: the training model stays as it is
+    save_checkpoint(args.output_dir / "model.pt", export, taxonomy, args=_jsonable_args(args),
+                    epoch=summary["best_epoch"], metrics=summary["val"])
+    taxonomy.save(args.output_dir / "taxonomy.json")
+    _write_json(args.output_dir / "args.json", _jsonable_args(args))
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    try:
+        main(parser.parse_args())
+    except (LabelCsvError, TaxonomyError, PretrainedWeightsUnavailable) as exc:
+        parser.exit(2, f"error: {exc}\n")
