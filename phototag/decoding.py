@@ -10,7 +10,9 @@ exception types.
 
 Accepted
     JPEG (including MPO, which some phones and drones write), PNG, WebP, BMP,
-    TIFF and GIF.  For animated GIF/WebP and multi-page TIFF only the first
+    TIFF, GIF, HEIC/HEIF (iPhones' default, through pillow-heif, which applies
+    the file's rotation itself) and AVIF (Pillow's own plugin, where its build
+    has libavif).  For animated GIF/WebP and multi-page TIFF only the first
     frame/page is used: it is what a viewer shows as the thumbnail, and
     decoding the rest would cost time for nothing.  Pillow is restricted to
     exactly these formats so that exotic plugins (EPS, which shells out to
@@ -41,7 +43,7 @@ Normalisation
 Refused (``ImageDecodeError.reason``)
     ``empty``            no bytes at all.
     ``not_an_image``     not one of the accepted formats (text, HTML, PDF,
-                         ZIP, HEIC, ...); the message says what the bytes
+                         ZIP, camera raw, ...); the message says what the bytes
                          look like when that is easy to tell.
     ``too_many_pixels``  width*height above ``max_pixels``, decided from the
                          header before any pixel memory is allocated, which
@@ -93,7 +95,15 @@ import io
 import struct
 
 import numpy as np
-from PIL import Image, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError, features
+
+try:  # HEIC/HEIF support is a separate wheel; without it such photos are refused as not_an_image
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    _HEIF = ("HEIF",)
+except ImportError:  # pragma: no cover - pillow-heif is in requirements.txt
+    _HEIF = ()
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -112,7 +122,8 @@ MAX_PIXELS = 80_000_000
 # Pillow format names of what we accept.  MPO is listed because Pillow reports
 # multi-picture JPEGs (phone portrait mode, some DJI drones) as "MPO"; they
 # are ordinary JPEGs for our purpose.
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF") + _HEIF + (
+    ("AVIF",) if features.check("avif") else ())
 
 # What is passed to Image.open(formats=...).  MPO has no opener of its own
 # (the JPEG opener returns an MPO image when it finds MP data), and naming it
@@ -175,6 +186,10 @@ def sniff_format(data: bytes) -> str | None:
     head = bytes(data[:16])
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:8] == b"ftyp":
+        brand = _ISO_BMFF_BRANDS.get(head[8:12])
+        name = "HEIF" if brand in ("HEIC", "HEIF") else brand
+        return name if name in ACCEPTED_FORMATS else None
     for magic, name in _SIGNATURES:
         if head.startswith(magic):
             return name
@@ -402,7 +417,7 @@ def _unidentified_error(data: bytes, sniffed: str | None) -> ImageDecodeError:
     return ImageDecodeError(
         "not_an_image",
         f"the bytes are not a recognised image format{hint}; "
-        f"accepted formats: JPEG, PNG, WebP, BMP, TIFF, GIF",
+        f"accepted formats: {', '.join(f for f in ACCEPTED_FORMATS if f != 'MPO')}",
     )
 
 

@@ -647,7 +647,7 @@ def zip_bytes() -> bytes:
         (b"<!DOCTYPE html>\n<html><body>502 Bad Gateway</body></html>", "HTML"),
         (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "PDF"),
         (zip_bytes(), "ZIP"),
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00\x02\x00qt  ", "QuickTime video"),  # HEIC is accepted now
         (b'{"image": "..."}', "JSON"),
         (b"P6\n1 1\n255\n\x00\x00\x00", None),  # PPM: a real image, not accepted
         (bytes(range(256)) * 4, None),
