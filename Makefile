@@ -11,6 +11,9 @@ RUN ?= runs/demo
 VERSION ?= 1.0
 STORE ?= model_store
 ARCHIVE := $(STORE)/$(if $(filter 1.0,$(VERSION)),tagger.mar,tagger-$(VERSION).mar)
+# Staging folder of the archive build (tests give each run its own).
+BUILD ?= build
+STAGE := $(BUILD)/archive-$(VERSION)
 
 # Demo settings: sized so that `make demo` finishes in under 10 minutes on 2 CPU cores (see README).
 DEMO_DATA := data/demo
@@ -22,7 +25,7 @@ FULL_DATA := data/full
 FULL_TRAIN_IMAGES ?= 12000
 FULL_TRAIN_ARGS ?= --epochs 20 --batch-size 64 --lr 1e-3
 
-.PHONY: help setup demo test train-demo train-full archive serve stop clean
+.PHONY: help setup demo test train-demo train-full archive serve stop rotate-keys clean
 
 help:
 	@echo "make setup        create $(VENV) with the pinned dependencies and generate the gRPC stubs"
@@ -31,14 +34,18 @@ help:
 	@echo "make train-full   the full training run on a large synthetic set (README: quality targets)"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
 	@echo "make serve/stop   start TorchServe with config.properties and wait until READY / stop it"
+	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
+	@echo "make kserve-bundle  $(KSERVE_OUT)/ for KServe: config/config.properties + model-store/$(notdir $(ARCHIVE))"
+	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl + tags.csv; re-run to resume)"
 
 # ---- setup: idempotent; does nothing when requirements.txt has not changed ----------------------------------
 setup: $(VENV)/.installed generated/.stamp
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 generated/.stamp: $(VENV)/.installed client/protos.py
@@ -68,29 +75,37 @@ train-full: setup
 # The shared package travels inside the archive: --extra-files copies a folder's *contents*, so it is staged one
 # level down (build/.../extra/phototag) to arrive as the importable package phototag/ next to the handler.
 archive: setup $(RUN)/model.pt
-	rm -rf build/archive-$(VERSION) && mkdir -p build/archive-$(VERSION)/extra $(STORE)
-	cp -r phototag build/archive-$(VERSION)/extra/phototag
-	find build/archive-$(VERSION) -name __pycache__ -prune -exec rm -rf {} +
-	$(BIN)/torch-model-archiver --model-name tagger --version $(VERSION) \
+	rm -rf $(STAGE) && mkdir -p $(STAGE)/extra $(STORE)
+	cp -r phototag $(STAGE)/extra/phototag
+	find $(STAGE) -name __pycache__ -prune -exec rm -rf {} +
+	# torch-model-archiver stages in $$TMPDIR/tagger: a private TMPDIR keeps parallel builds apart.
+	mkdir -p $(STAGE)/tmp && TMPDIR=$(abspath $(STAGE))/tmp $(BIN)/torch-model-archiver --model-name tagger --version $(VERSION) \
 		--handler handler/tagger_handler.py --serialized-file $(RUN)/model.pt \
-		--extra-files $(RUN)/taxonomy.json,build/archive-$(VERSION)/extra \
-		--config-file handler/model-config.yaml --export-path build/archive-$(VERSION) --force
-	mv build/archive-$(VERSION)/tagger.mar $(ARCHIVE)
+		--extra-files $(RUN)/taxonomy.json,$(STAGE)/extra \
+		--config-file handler/model-config.yaml --export-path $(STAGE) --force
+	mv $(STAGE)/tagger.mar $(ARCHIVE)
 	@echo "built $(ARCHIVE) (model tagger, version $(VERSION), weights from $(RUN))"
 
 # ---- serving ----------------------------------------------------------------------------------------------------
+# Settings always come from config.properties; the models, versions and default version registered through the
+# management API come back from TorchServe's last snapshot in logs/config (FRESH=1: only load_models).
 serve: setup
 	test -f $(STORE)/tagger.mar || { echo "no $(STORE)/tagger.mar: run make archive (or make demo) first"; exit 1; }
-	$(BIN)/torchserve --start --ts-config config.properties --model-store $(STORE)
+	$(PY) -m client.serve_config --out build/serve.properties $(if $(FRESH),--fresh)
+	$(BIN)/torchserve --start --ts-config build/serve.properties --model-store $(STORE)
 	$(PY) -m client wait-ready --timeout 300
 
 stop:
 	-$(BIN)/torchserve --stop --foreground
 
+# New inference and management keys (TorchServe's token API, authorised by the API key in key_file.json).
+rotate-keys: setup
+	$(PY) -m client rotate-keys
+
 # ---- the main job and the tests ---------------------------------------------------------------------------------
 demo: setup runs/demo/model.pt
 	$(MAKE) --no-print-directory archive RUN=runs/demo VERSION=1.0
-	$(MAKE) --no-print-directory serve || { $(MAKE) --no-print-directory stop; exit 1; }
+	$(MAKE) --no-print-directory serve FRESH=1 || { $(MAKE) --no-print-directory stop; exit 1; }
 	$(PY) -m client.demo --labels $(DEMO_DATA)/holdout/labels.csv --count 6; status=$$?; \
 		$(MAKE) --no-print-directory stop; exit $$status
 
@@ -100,6 +115,29 @@ test: setup
 clean:
 	-$(BIN)/torchserve --stop --foreground 2>/dev/null
 	rm -rf data runs build logs generated $(STORE)/*.mar key_file.json
+
+# ---- evaluation with pictures: a checkpoint in process, or the running server with SERVER=URL --------------------
+DATA ?= $(DEMO_DATA)/holdout/labels.csv
+IMAGES ?=
+CHECKPOINT ?= runs/demo/model.pt
+SERVER ?=
+OUT ?= reports/eval
+.PHONY: evaluate
+evaluate: setup
+	$(PY) -m training.evaluate --data $(DATA) $(if $(IMAGES),--images $(IMAGES)) \
+		$(if $(SERVER),--server $(SERVER),--checkpoint $(CHECKPOINT)) --out $(OUT) $(EVAL_ARGS)
+
+# ---- KServe: the storage layout of KServe's TorchServe runtime (deploy/kserve/, README "Scaling out") ----------
+KSERVE_OUT ?= build/kserve
+.PHONY: kserve-bundle
+kserve-bundle: setup
+	$(PY) -m client.kserve_bundle --mar $(ARCHIVE) --out $(KSERVE_OUT)
+
+# ---- bulk tagging of a photo folder (needs a running server: make serve) ----------------------------------------
+.PHONY: tag-folder
+tag-folder: setup
+	@test -n "$(DIR)" -a -n "$(OUT)" || { echo "usage: make tag-folder DIR=photos OUT=results/photos [TAG_ARGS='--grpc --concurrency 8']"; exit 2; }
+	$(PY) -m client.tag_folder $(DIR) --out $(OUT) $(TAG_ARGS)
 
 # ---- load test (needs a running server: make serve) -------------------------------------------------------------
 .PHONY: loadtest

@@ -31,7 +31,7 @@ def _tag(args) -> int:
                 result = tagger.tag(data, args.model, args.version)
             else:
                 result = tag_image(data, model=args.model, version=args.version, url=args.url,
-                                   key_file=args.key_file)
+                                   key_file=args.key_file, verify=str(args.ca_cert) if args.ca_cert else True)
             if "error" in result:
                 failures += 1
             record.update(result)
@@ -58,6 +58,21 @@ def _wait_ready(args) -> int:
     return 0
 
 
+def _rotate_keys(args) -> int:
+    import requests
+
+    api_key = read_key("API", args.key_file)
+    for kind in ("inference", "management"):
+        response = requests.post(f"{args.management_url}/token?type={kind}", timeout=30,
+                                 headers={"Authorization": f"Bearer {api_key}"})
+        if response.status_code != 200:
+            print(f"error: rotating the {kind} key: HTTP {response.status_code} {response.text[:200]}",
+                  file=sys.stderr)
+            return 1
+    print(f"new inference and management keys written to {args.key_file}")
+    return 0
+
+
 def _key(args) -> int:
     print(read_key(args.kind, args.key_file))
     return 0
@@ -73,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     tag = commands.add_parser("tag", help="tag image files, one JSON line per file")
     tag.add_argument("files", nargs="+", type=Path, help="image files")
     tag.add_argument("--version", help="model version (default: the server's default version)")
-    tag.add_argument("--url", default=DEFAULT_INFERENCE_URL, help="REST inference address")
+    tag.add_argument("--url", default=DEFAULT_INFERENCE_URL, help="REST inference address (http or https)")
+    tag.add_argument("--ca-cert", type=Path, help="for https: the certificate (or CA bundle) to trust")
     tag.add_argument("--grpc", action="store_true", help="use gRPC Predictions instead of REST")
     tag.add_argument("--grpc-target", default="127.0.0.1:7070", help="gRPC inference host:port")
     tag.set_defaults(run=_tag)
@@ -85,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TorchServe's pid file (default: .model_server.pid in the temp dir); stop waiting if "
                             "that process is gone")
     ready.set_defaults(run=_wait_ready)
+
+    rotate = commands.add_parser("rotate-keys", help="issue new inference and management keys (token API)")
+    rotate.add_argument("--management-url", default=DEFAULT_MANAGEMENT_URL, help="management API address")
+    rotate.set_defaults(run=_rotate_keys)
 
     key = commands.add_parser("key", help="print the current inference or management key")
     key.add_argument("kind", choices=["inference", "management"], help="which key")

@@ -37,10 +37,11 @@ def call(method: str, url: str, kind: str, key_file: str | Path = DEFAULT_KEY_FI
 
 def tag_image(data: bytes, *, model: str = "tagger", version: str | None = None,
               url: str = DEFAULT_INFERENCE_URL, key_file: str | Path = DEFAULT_KEY_FILE,
-              session: requests.Session | None = None) -> dict:
-    """POST the image bytes to /predictions/MODEL[/VERSION] and return the tag JSON; ServiceError otherwise."""
+              session: requests.Session | None = None, verify: str | bool = True) -> dict:
+    """POST the image bytes to /predictions/MODEL[/VERSION] and return the tag JSON; ServiceError otherwise.
+    `verify`: for an https URL, the CA bundle (or the server's own certificate) to trust."""
     path = f"{url}/predictions/{model}" + (f"/{version}" if version else "")
-    response = call("POST", path, "inference", key_file, session=session, data=data,
+    response = call("POST", path, "inference", key_file, session=session, data=data, verify=verify,
                     headers={"Content-Type": "application/octet-stream"})
     if response.status_code != 200:
         raise ServiceError(response.status_code, response.text)

@@ -4,6 +4,10 @@ TorchServe calls `initialize` once per worker and `handle` once per batch of con
 carries no decodable image gets HTTP 400 with {"error": ..., "code": 400} (the payload repeats the code because
 TorchServe's gRPC path drops per-request status codes); the rest of its batch is tagged as usual.
 
+An Open Inference Protocol (KServe v2) request is answered in OIP form (`format_response`): the usual tag (or
+error) JSON becomes the one BYTES element of the output tensor "tags". TorchServe passes that body through
+unchanged on REST, and its gRPC ModelInfer turns it into a ModelInferResponse.
+
 Settings come from the archive's model-config.yaml, `handler:` section:
     device: auto | cpu | cuda      # auto: the GPU TorchServe assigned to this worker, if any
     decode_threads: 2              # PIL and numpy release the GIL while decoding and resizing
@@ -14,13 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS, ImageDecodeError, decode_image
-from phototag.payload import PayloadError, extract_image_bytes
+from phototag.payload import OIP_DATATYPE, PayloadError, extract_image_bytes, oip_request
 from phototag.preprocessing import draft_size, normalize, resize_to_tensor
 from phototag.taxonomy import Taxonomy, logits_to_tags
 
@@ -28,6 +34,23 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.pt"
 TAXONOMY_FILE = "taxonomy.json"
+OIP_OUTPUT = "tags"  # name of the OIP output tensor: one BYTES element, the tag JSON
+
+
+def _record_metrics(metrics, decode_ms: float, inference_ms: float, batch_size: int, responses: list[dict]) -> None:
+    """Custom metrics for operators, exposed on the Prometheus endpoint (config: model_metrics_auto_detect)."""
+    if metrics is None:  # a Context built without TorchServe's metrics cache (in-process use)
+        return
+    from ts.metrics.dimension import Dimension
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    metrics.add_time("TaggerDecodeTime", decode_ms, None, "ms", [], MetricTypes.GAUGE)
+    metrics.add_time("TaggerInferenceTime", inference_ms, None, "ms", [], MetricTypes.GAUGE)
+    metrics.add_metric("TaggerBatchSize", batch_size, "count", None, [], MetricTypes.GAUGE)
+    for reason, count in Counter(r["reason"] for r in responses if "error" in r).items():
+        metrics.add_counter("TaggerDecodeFailures", count, None, [Dimension("Reason", reason)])
+    for tag, count in Counter(t for r in responses for t in r.get("tags", ())).items():
+        metrics.add_counter("TaggerTagsServed", count, None, [Dimension("Tag", tag)])
 
 
 def _content_type(context, index: int) -> str | None:
@@ -113,11 +136,45 @@ class PhotoTaggerHandler:
     def handle(self, data: list[dict], context) -> list[str]:
         """One TorchServe batch: N requests in, N compact JSON bodies out (errors keep their slot)."""
         content_types = [_content_type(context, i) for i in range(len(data))]
+        started = time.perf_counter()
         batch, prepared = self.preprocess(data, content_types)
-        responses = self.postprocess(self.inference(batch), prepared)
+        decoded = time.perf_counter()
+        logits = self.inference(batch)
+        inferred = time.perf_counter()
+        responses = self.postprocess(logits, prepared)
         for index, response in enumerate(responses):
             context.set_response_content_type(index, "application/json")
             if "error" in response:
                 context.set_response_status(response["code"], response["error"][:200], index)
         log.info("batch of %d requests: %d tagged, %d refused", len(data), len(batch), len(data) - len(batch))
-        return [json.dumps(r, ensure_ascii=False) for r in responses]
+        _record_metrics(getattr(context, "metrics", None), 1000 * (decoded - started), 1000 * (inferred - decoded),
+                        len(data), responses)
+        return [self.format_response(r, request, index, context)
+                for index, (request, r) in enumerate(zip(data, responses))]
+
+    def format_response(self, response: dict, request, index: int, context) -> str:
+        """The body of one answer: the compact tag (or error) JSON, wrapped in an OIP inference response when the
+        request was an OIP one.
+
+        TorchServe 0.12's gRPC ModelInfer parses this body into a ModelInferResponse, reading `id`, `model_name`,
+        `model_version` and each output's `name`, `datatype`, `shape` and `data` unconditionally: a body without
+        them makes the frontend throw (the call fails with INTERNAL "Worker died."). It also drops per-request
+        status codes. So an error keeps the OIP shape too: the error JSON is the tensor's element, and REST
+        clients also get the OIP "error" field and HTTP 400.
+        """
+        body = json.dumps(response, ensure_ascii=False)
+        document = oip_request(request)
+        if document is None:
+            return body
+        request_id = document.get("id")
+        if not (isinstance(request_id, str) and request_id.strip()):
+            request_id = context.get_request_id(index) or ""  # OIP: echo the client's id, else TorchServe's
+        answer = {
+            "id": request_id,
+            "model_name": context.model_name,
+            "model_version": self.model_version,
+            "outputs": [{"name": OIP_OUTPUT, "shape": [1], "datatype": OIP_DATATYPE, "data": [body]}],
+        }
+        if "error" in response:
+            answer["error"] = response["error"]
+        return json.dumps(answer, ensure_ascii=False)

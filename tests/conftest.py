@@ -46,8 +46,10 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> Path:
 def model_store(tiny_run, tmp_path_factory) -> Path:
     """tagger.mar (version 1.0) and tagger-2.0.mar built by `make archive` from the same run."""
     store = tmp_path_factory.mktemp("store") / "model_store"
+    build = tmp_path_factory.mktemp("build")
     for version in ("1.0", "2.0"):
-        run(["make", "--no-print-directory", "archive", f"RUN={tiny_run}", f"STORE={store}", f"VERSION={version}"])
+        run(["make", "--no-print-directory", "archive", f"RUN={tiny_run}", f"STORE={store}", f"VERSION={version}",
+             f"BUILD={build}"])
     return store
 
 

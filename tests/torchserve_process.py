@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.ready import wait_until_ready
+from client.serve_config import build_config
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHSERVE = Path(sys.executable).parent / "torchserve"
@@ -44,6 +45,7 @@ class TorchServe:
     workdir: Path
     model_store: Path
     extra_config: dict[str, str] = field(default_factory=dict)
+    inference_scheme: str = "http"  # "https" with private_key_file/certificate_file in extra_config
     process: subprocess.Popen | None = None
 
     def __post_init__(self):
@@ -53,7 +55,7 @@ class TorchServe:
 
     @property
     def inference_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['inference']}"
+        return f"{self.inference_scheme}://127.0.0.1:{self.ports['inference']}"
 
     @property
     def management_url(self) -> str:
@@ -75,7 +77,8 @@ class TorchServe:
     def logs(self) -> Path:
         return self.workdir / "logs"
 
-    def start(self, timeout: float = 240) -> "TorchServe":
+    def start(self, timeout: float = 240, restore_snapshot: bool = False) -> "TorchServe":
+        """Start and wait until `tagger` is READY; with restore_snapshot, like `make serve` after a restart."""
         overrides = {
             "inference_address": self.inference_url,
             "management_address": self.management_url,
@@ -87,11 +90,16 @@ class TorchServe:
             **self.extra_config,
         }
         (self.workdir / "config.properties").write_text(derive_config(overrides))
+        config = "config.properties"
+        if restore_snapshot:
+            text, _ = build_config(self.workdir / "config.properties", self.logs / "config")
+            (self.workdir / "serve.properties").write_text(text)
+            config = "serve.properties"
         (self.workdir / "tmp").mkdir(exist_ok=True)
         env = {**os.environ, "TMPDIR": str(self.workdir / "tmp"), "LOG_LOCATION": str(self.logs),
                "METRICS_LOCATION": str(self.logs), "PYTHONPATH": ""}
         self.process = subprocess.Popen(
-            [str(TORCHSERVE), "--start", "--foreground", "--ts-config", "config.properties"],
+            [str(TORCHSERVE), "--start", "--foreground", "--ts-config", config],
             cwd=self.workdir, env=env, stdout=open(self.workdir / "torchserve.out", "wb"),
             stderr=subprocess.STDOUT, start_new_session=True)
         try:

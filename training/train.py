@@ -29,6 +29,7 @@ from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyE
 from training.data import InMemoryDataset, load_labeled_folder
 from training.labels_csv import LabelCsvError
 from training.metrics import evaluate_logits, format_metrics, majority_baseline, tune_thresholds
+from training.report import write_training_curves
 
 log = logging.getLogger("train")
 
@@ -247,6 +248,7 @@ def main(args) -> dict:
                  format_metrics(summary["test"], taxonomy), format_metrics(summary["test_baseline"], taxonomy))
     _write_json(args.output_dir / "metrics.json", summary)
     log.info("saved %s (model.pt, taxonomy.json, metrics.json)", args.output_dir)
+    write_training_curves(summary["history"], args.output_dir)
     return summary
 
 

@@ -1,0 +1,96 @@
+"""Faults and overload against a real TorchServe of our own (it is killed, flooded and restarted here):
+a SIGKILLed worker is replaced, a flood gets fast 503s, a restart brings back versions and the default."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from client.rest import call
+from loadtests.faults import burst, kill_worker, recovery_after, send, steady_load, worker_pids
+from tests.torchserve_process import TorchServe
+from training.synth import generate_labels, render_scene
+
+pytestmark = pytest.mark.server
+QUEUE = 8  # a small job queue so that a flood overflows it within seconds on a 2-core machine
+
+
+@pytest.fixture(scope="module")
+def ts(model_store, tmp_path_factory):
+    server = TorchServe(tmp_path_factory.mktemp("faults"), model_store, extra_config={"job_queue_size": str(QUEUE)})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    """2 MP phone-sized JPEGs: enough decoding work per request to saturate the worker."""
+    import random
+
+    out = []
+    for seed in range(4):
+        buffer = io.BytesIO()
+        render_scene(generate_labels(random.Random(seed)), 1632, 1224, seed).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_killed_worker_is_replaced_and_nothing_hangs(ts, photos):
+    steady_load(ts.inference_url, ts.key_file, photos, clients=3, seconds=3)  # warm
+    before = worker_pids(ts.management_url, ts.key_file)
+    import threading
+
+    from loadtests.faults import LoadRun
+
+    run = LoadRun()
+    loader = threading.Thread(target=steady_load, args=(ts.inference_url, ts.key_file, photos, 3, 25, run))
+    loader.start()
+    time.sleep(5)
+    killed_at = time.monotonic()
+    killed = kill_worker(ts.management_url, ts.key_file)
+    loader.join()
+    after = worker_pids(ts.management_url, ts.key_file)
+    assert killed in before and killed not in after and len(after) == len(before)
+    failed = run.failed()
+    recovery = recovery_after(run, killed_at)
+    print(f"\nworker kill: {len(run.outcomes)} requests, {len(failed)} failed "
+          f"(statuses {sorted({o.status for o in failed})}), recovery {recovery:.1f} s, "
+          f"slowest {max(o.seconds for o in run.outcomes):.1f} s")
+    assert recovery is not None and recovery < 60
+    assert len(failed) <= 3 * 8  # at most the requests in flight or queued at the moment of the kill
+    assert all(o.status in (500, 503, 507) for o in failed)  # answered (507: worker died), not dropped
+    assert max(o.seconds for o in run.outcomes) < 120  # nothing waited past responseTimeout
+
+
+def test_flood_gets_fast_well_formed_503s_and_recovers(ts, photos):
+    run = burst(ts.inference_url, ts.key_file, photos, count=120, concurrency=60)
+    rejected = [o for o in run.outcomes if o.status == 503]
+    served = [o for o in run.outcomes if o.status == 200]
+    assert {o.status for o in run.outcomes} <= {200, 503}
+    assert rejected and served
+    rejected_latency = sorted(o.seconds for o in rejected)
+    p95 = rejected_latency[int(0.95 * (len(rejected_latency) - 1))]
+    print(f"\nflood: {len(served)} served, {len(rejected)} refused with 503, 503 p95 {p95 * 1000:.0f} ms")
+    assert all(o.json_body for o in rejected)
+    assert p95 < 2.0  # refused at once, not after a timeout
+    assert send(ts.inference_url, ts.key_file, photos[0]).status == 200  # load gone: served again
+
+
+def test_restart_brings_back_versions_and_default(ts, photos):
+    manage = lambda method, path: call(method, f"{ts.management_url}{path}", "management", ts.key_file)  # noqa: E731
+    assert manage("POST", "/models?url=tagger-2.0.mar&initial_workers=1&synchronous=true").status_code == 200
+    assert manage("PUT", "/models/tagger/2.0/set-default").status_code == 200
+    ts.stop()
+    ts.start(restore_snapshot=True)
+    versions = {v["modelVersion"]: v for v in manage("GET", "/models/tagger/all").json()}
+    assert set(versions) == {"1.0", "2.0"}
+    assert manage("GET", "/models/tagger").json()[0]["modelVersion"] == "2.0"
+    assert all(v["workers"] for v in versions.values())
+    headers = {"Authorization": f"Bearer {__import__('client.auth').auth.read_key('inference', ts.key_file)}"}
+    import requests
+
+    answer = requests.post(f"{ts.inference_url}/predictions/tagger", data=photos[0], headers=headers, timeout=60)
+    assert answer.json()["model_version"] == "2.0"

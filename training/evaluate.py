@@ -1,0 +1,456 @@
+"""Evaluate a checkpoint in process, or the running service over REST, on a labeled CSV, with pictures.
+
+    python -m training.evaluate --data data/demo/holdout/labels.csv --checkpoint runs/demo/model.pt --out reports/eval
+    python -m training.evaluate --data data/demo/holdout/labels.csv --server http://127.0.0.1:8080 --out reports/eval
+
+Both modes go through the service's answer: per image the tag JSON of `phototag.taxonomy.logits_to_tags`. In
+process, each file is decoded, resized and normalised exactly as handler/tagger_handler.py does and the model's
+logits become that JSON; with --server the JSON comes from POST /predictions/tagger. Every metric is computed from
+those answers alone (single-choice labels, object labels, object scores rounded as served), so the two modes give
+the same numbers for the same model and data.
+
+Writes into --out: metrics.json, confusion_matrices.png, pr_curves.png, worst_images.png and report.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+import torch
+
+from client.auth import DEFAULT_KEY_FILE, KeyFileError
+from client.rest import ServiceError, tag_image
+from phototag.checkpoint import load_model
+from phototag.decoding import MAX_PIXELS, ImageDecodeError, decode_image
+from phototag.preprocessing import draft_size, normalize, resize_to_tensor
+from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError, logits_to_tags
+from training import report
+from training.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
+from training.metrics import f1_score, single_choice_metrics
+from training.report import threshold_text
+
+IN_PROCESS_VERSION = "checkpoint"  # model_version written into in-process answers
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation cannot go on (no usable image, an answer that does not fit the taxonomy, ...)."""
+
+
+@dataclass
+class Evaluation:
+    """The labeled rows that were tagged, their answers (service JSON), and what was skipped and why."""
+    taxonomy: Taxonomy
+    data: Path
+    image_dir: Path
+    rows: list[LabeledImage]
+    answers: list[dict]
+    skipped: dict[str, str]
+    listed: int
+    source: dict[str, Any] = field(default_factory=dict)
+    declared_thresholds: dict[str, float] | None = None  # None: not known (server mode without --taxonomy)
+
+
+# ---- getting answers ------------------------------------------------------------------------------------------
+def _split_missing(rows: list[LabeledImage], image_dir: Path) -> tuple[list[LabeledImage], dict[str, str]]:
+    present, skipped = [], {}
+    for row in rows:
+        if (image_dir / row.filename).is_file():
+            present.append(row)
+        else:
+            skipped[row.filename] = f"missing file (CSV line {row.line})"
+    return present, skipped
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def _logits(model, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [M, 3, S, S] -> float32 logits [M, num_logits] on the CPU: the handler's `inference`."""
+    x = normalize(batch.to(device, non_blocking=True))
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(x.contiguous(memory_format=torch.channels_last)).float().cpu()
+    return model(x).cpu()
+
+
+def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxonomy: Taxonomy,
+                        *, batch_size: int = 32, device: str = "auto", workers: int = 2,
+                        max_pixels: int = MAX_PIXELS) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
+    """Answers of a model (from `load_model`) for every readable listed image, computed as the handler does:
+    decode_image with the draft size, resize_to_tensor, one batched forward pass in eval mode, logits_to_tags."""
+    dev = _resolve_device(device)
+    model.to(dev).eval()
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    image_size = model.config.image_size
+    present, skipped = _split_missing(rows, image_dir)
+
+    def prepare(row: LabeledImage) -> torch.Tensor | str:
+        try:
+            data = (image_dir / row.filename).read_bytes()
+            image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(image_size))
+        except (ImageDecodeError, OSError) as exc:
+            return str(exc)
+        return resize_to_tensor(image, image_size)
+
+    kept, answers = [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        for start in range(0, len(present), batch_size):
+            chunk = present[start:start + batch_size]
+            prepared = list(pool.map(prepare, chunk))
+            good = [(row, t) for row, t in zip(chunk, prepared) if isinstance(t, torch.Tensor)]
+            for row, t in zip(chunk, prepared):
+                if isinstance(t, str):
+                    skipped[row.filename] = f"unreadable image: {t}"
+            if not good:
+                continue
+            logits = _logits(model, torch.stack([t for _, t in good]), dev)
+            for (row, _), values in zip(good, logits.tolist()):
+                kept.append(row)
+                answers.append(logits_to_tags(values, taxonomy, IN_PROCESS_VERSION))
+    return kept, answers, skipped
+
+
+def _refused_image(exc: ServiceError) -> str | None:
+    """The handler's message when the service refused the image itself (HTTP 400 with its JSON), else None."""
+    if exc.status != 400:
+        return None
+    try:
+        body = json.loads(exc.body)
+    except ValueError:
+        return None
+    if isinstance(body, dict) and "reason" in body and "error" in body:
+        return str(body["error"])
+    return None
+
+
+def tag_with_server(rows: list[LabeledImage], image_dir: Path, url: str, *, key_file: Path = DEFAULT_KEY_FILE,
+                    model: str = "tagger", version: str | None = None,
+                    concurrency: int = 4) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
+    """Answers of the running service (REST, token from the key file); concurrent requests let it batch them."""
+    present, skipped = _split_missing(rows, image_dir)
+    local = threading.local()
+
+    def ask(row: LabeledImage) -> dict | str:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        try:
+            data = (image_dir / row.filename).read_bytes()
+        except OSError as exc:
+            return str(exc)
+        try:
+            return tag_image(data, model=model, version=version, url=url.rstrip("/"), key_file=key_file,
+                             session=local.session)
+        except ServiceError as exc:
+            refused = _refused_image(exc)
+            if refused is None:
+                raise  # not about the image (auth, no such model, server trouble): stop here
+            return refused
+
+    kept, answers = [], []
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="rest") as pool:
+        for row, answer in zip(present, pool.map(ask, present)):
+            if isinstance(answer, str):
+                skipped[row.filename] = f"unreadable image: {answer}"
+            else:
+                kept.append(row)
+                answers.append(answer)
+    return kept, answers, skipped
+
+
+def check_answers(answers: list[dict], taxonomy: Taxonomy) -> None:
+    """Every answer has every group with known class ids (a served model with another taxonomy is refused)."""
+    for answer in answers:
+        for group in taxonomy.groups:
+            part = answer.get(group.name)
+            if not isinstance(part, dict) or set(part.get("scores", {})) != set(group.class_ids):
+                raise EvaluationError(f"answer does not fit the taxonomy's group {group.name!r}: {part!r}")
+            labels = [part.get("label")] if group.kind == SINGLE else part.get("labels", [])
+            if not set(labels) <= set(group.class_ids):
+                raise EvaluationError(f"answer has unknown {group.name} labels {labels}")
+
+
+# ---- metrics from answers -------------------------------------------------------------------------------------
+def precision_recall(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """Binary precision and recall; 0.0 where undefined (as f1_score does)."""
+    truth, predicted = truth.astype(bool), predicted.astype(bool)
+    tp = float(np.sum(truth & predicted))
+    return (tp / int(predicted.sum()) if predicted.any() else 0.0), (tp / int(truth.sum()) if truth.any() else 0.0)
+
+
+def _truth_and_predictions(rows: list[LabeledImage], answers: list[dict], taxonomy: Taxonomy) -> dict:
+    """Per group: (truth, predicted) class indices [N] (single) or 0/1 [N, K] (objects), plus object scores."""
+    out = {}
+    for group in taxonomy.groups:
+        ids = group.class_ids
+        if group.kind == SINGLE:
+            truth = np.array([ids.index(r.labels[group.name]) for r in rows], dtype=np.int64)
+            pred = np.array([ids.index(a[group.name]["label"]) for a in answers], dtype=np.int64)
+            out[group.name] = (truth, pred, None)
+        else:
+            shape = (-1, len(ids))
+            truth = np.array([[c in r.labels[group.name] for c in ids] for r in rows], dtype=bool).reshape(shape)
+            pred = np.array([[c in a[group.name]["labels"] for c in ids] for a in answers], dtype=bool).reshape(shape)
+            scores = np.array([[float(a[group.name]["scores"][c]) for c in ids] for a in answers]).reshape(shape)
+            out[group.name] = (truth, pred, scores)
+    return out
+
+
+def compute_metrics(rows: list[LabeledImage], answers: list[dict], taxonomy: Taxonomy) -> dict:
+    """Per single-choice head accuracy, macro-F1 and confusion matrix; per object precision, recall, F1; headline.
+
+    Shaped like training.metrics.evaluate_logits (so format_metrics prints it), computed from the answers only.
+    """
+    parts = _truth_and_predictions(rows, answers, taxonomy)
+    result: dict = {}
+    object_f1 = []
+    for group in taxonomy.groups:
+        truth, pred, _ = parts[group.name]
+        if group.kind == SINGLE:
+            m = single_choice_metrics(truth, pred, group.size)
+            confusion = np.zeros((group.size, group.size), dtype=np.int64)
+            np.add.at(confusion, (truth, pred), 1)
+            m.update(classes=group.class_ids, confusion=confusion.tolist(),
+                     f1_per_class={c: f1_score(truth == k, pred == k) for k, c in enumerate(group.class_ids)})
+            result[group.name] = m
+        else:
+            f1, precision, recall, positives, predicted = {}, {}, {}, {}, {}
+            for k, cls in enumerate(group.classes):
+                f1[cls.id] = f1_score(truth[:, k], pred[:, k])
+                precision[cls.id], recall[cls.id] = precision_recall(truth[:, k], pred[:, k])
+                positives[cls.id], predicted[cls.id] = int(truth[:, k].sum()), int(pred[:, k].sum())
+            result[group.name] = {"f1": f1, "precision": precision, "recall": recall, "positives": positives,
+                                  "predicted": predicted, "mean_f1": float(np.mean(list(f1.values())))}
+            object_f1.extend(f1.values())
+    result["mean_object_f1"] = float(np.mean(object_f1)) if object_f1 else float("nan")
+    return result
+
+
+def pr_curve(truth: np.ndarray, scores: np.ndarray) -> dict:
+    """Precision-recall points at every distinct score (descending) and the average precision (sklearn's step
+    definition). recall/precision start at (0, 1) so the curve can be drawn from the top-left."""
+    truth = truth.astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order]
+    positives = int(truth.sum())
+    if len(s) == 0:
+        return {"recall": [0.0], "precision": [1.0], "thresholds": [], "average_precision": 0.0, "positives": 0}
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each run of equal scores
+    tp, fp = np.cumsum(t)[last], np.cumsum(~t)[last]
+    precision = tp / (tp + fp)
+    recall = tp / positives if positives else np.zeros_like(tp, dtype=float)
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if positives else 0.0
+    return {"recall": [0.0] + recall.tolist(), "precision": [1.0] + precision.tolist(),
+            "thresholds": s[last].tolist(), "average_precision": ap, "positives": positives}
+
+
+def implied_thresholds(rows: list[LabeledImage], answers: list[dict], taxonomy: Taxonomy) -> dict[str, list[float]]:
+    """Per object, the interval (above, at_most] the decision threshold must lie in, read from the answers:
+    higher than every score left untagged, at most the lowest tagged score (scores as served, 4 digits)."""
+    parts = _truth_and_predictions(rows, answers, taxonomy)
+    result = {}
+    for group in taxonomy.multi_groups:
+        _, pred, scores = parts[group.name]
+        for k, cls in enumerate(group.classes):
+            tagged, untagged = scores[pred[:, k], k], scores[~pred[:, k], k]
+            result[cls.id] = [float(untagged.max()) if len(untagged) else 0.0,
+                              float(tagged.min()) if len(tagged) else 1.0]
+    return result
+
+
+def _tag_text(labels: dict, taxonomy: Taxonomy) -> tuple[str, str]:
+    scene = " · ".join(labels[g.name] for g in taxonomy.single_groups)
+    objects = ", ".join(o for g in taxonomy.multi_groups for o in labels[g.name]) or "no objects"
+    return scene, objects
+
+
+def worst_images(rows: list[LabeledImage], answers: list[dict], taxonomy: Taxonomy, count: int = 12) -> list[dict]:
+    """The `count` images with the most wrong heads and objects; ties: lowest mean true-class probability."""
+    items = []
+    for row, answer in zip(rows, answers):
+        wrong, probs = [], []
+        predicted: dict = {}
+        for group in taxonomy.groups:
+            part = answer[group.name]
+            if group.kind == SINGLE:
+                truth = row.labels[group.name]
+                predicted[group.name] = part["label"]
+                probs.append(float(part["scores"][truth]))
+                if part["label"] != truth:
+                    wrong.append(group.name)
+            else:
+                present, tagged = set(row.labels[group.name]), set(part["labels"])
+                predicted[group.name] = [c for c in group.class_ids if c in tagged]
+                for cls in group.class_ids:
+                    score = float(part["scores"][cls])
+                    probs.append(score if cls in present else 1.0 - score)
+                    if (cls in present) != (cls in tagged):
+                        wrong.append(("missed " if cls in present else "false ") + cls)
+        items.append({"filename": row.filename, "wrong": len(wrong), "what": wrong,
+                      "true_prob": round(float(np.mean(probs)), 4), "truth": row.labels, "predicted": predicted})
+    items.sort(key=lambda item: (-item["wrong"], item["true_prob"], item["filename"]))
+    return items[:count]
+
+
+# ---- the whole evaluation -------------------------------------------------------------------------------------
+def run_evaluation(args) -> Evaluation:
+    image_dir = args.images or args.data.parent / "images"
+    if args.checkpoint:
+        model, taxonomy, payload = load_model(args.checkpoint)  # the trained taxonomy, thresholds included
+        rows = read_labels_csv(args.data, taxonomy)[:args.limit]
+        kept, answers, skipped = tag_with_checkpoint(rows, image_dir, model, taxonomy,
+                                                     batch_size=args.batch_size, device=args.device,
+                                                     workers=args.workers, max_pixels=args.max_pixels)
+        source = {"mode": "checkpoint", "checkpoint": str(args.checkpoint), "epoch": payload.get("epoch"),
+                  "image_size": model.config.image_size, "device": str(_resolve_device(args.device))}
+        declared = taxonomy.thresholds()
+    else:
+        taxonomy = Taxonomy.load(args.taxonomy or DEFAULT_TAXONOMY_PATH)
+        rows = read_labels_csv(args.data, taxonomy)[:args.limit]
+        kept, answers, skipped = tag_with_server(rows, image_dir, args.server, key_file=args.key_file,
+                                                 model=args.model, version=args.model_version,
+                                                 concurrency=args.concurrency)
+        versions = sorted({str(a.get("model_version")) for a in answers})
+        source = {"mode": "server", "server": args.server, "model": args.model, "model_version": ", ".join(versions)}
+        declared = taxonomy.thresholds() if args.taxonomy else None
+    check_answers(answers, taxonomy)
+    if not answers:
+        raise EvaluationError(f"no usable images in {args.data} (looked in {image_dir}); skipped: {skipped}")
+    return Evaluation(taxonomy, args.data, image_dir, kept, answers, skipped, len(rows), source, declared)
+
+
+def summarise(ev: Evaluation, worst_count: int = 12) -> dict:
+    """Everything metrics.json holds. `metrics` is computed from the answers' labels only (identical in both modes
+    for the same model and data); `ranking` (PR curves) and `worst_images` use the served, rounded scores."""
+    metrics = compute_metrics(ev.rows, ev.answers, ev.taxonomy)
+    parts = _truth_and_predictions(ev.rows, ev.answers, ev.taxonomy)
+    curves = {}
+    for group in ev.taxonomy.multi_groups:
+        truth, _, scores = parts[group.name]
+        for k, cls in enumerate(group.classes):
+            curves[cls.id] = pr_curve(truth[:, k], scores[:, k])
+    implied = implied_thresholds(ev.rows, ev.answers, ev.taxonomy)
+    return {
+        "source": ev.source,
+        "data": {"csv": str(ev.data), "images": str(ev.image_dir)},
+        "listed": ev.listed,
+        "images": len(ev.rows),
+        "skipped_count": len(ev.skipped),
+        "skipped": dict(sorted(ev.skipped.items())),
+        "headline": {"mean_object_f1": metrics["mean_object_f1"]},
+        "thresholds": {
+            "source": "checkpoint taxonomy" if ev.source.get("mode") == "checkpoint"
+            else ("--taxonomy file" if ev.declared_thresholds else "implied by the served labels"),
+            "values": ev.declared_thresholds,
+            "implied": implied,
+        },
+        "metrics": metrics,
+        "ranking": {cls: {"average_precision": c["average_precision"], "positives": c["positives"]}
+                    for cls, c in curves.items()},
+        "pr_curves": curves,
+        "worst_images": worst_images(ev.rows, ev.answers, ev.taxonomy, worst_count),
+    }
+
+
+def format_summary(result: dict, taxonomy: Taxonomy) -> str:
+    """The short table printed at the end."""
+    m = result["metrics"]
+    src = result["source"]
+    what = (src.get("checkpoint") if src.get("mode") == "checkpoint"
+            else f"{src.get('server')} (model {src.get('model')} {src.get('model_version')})")
+    lines = [f"evaluated {result['images']} of {result['listed']} images ({result['skipped_count']} skipped) "
+             f"with {src.get('mode')} {what}",
+             f"  {'head':<14}{'accuracy':>9}{'macro-F1':>10}"]
+    for g in taxonomy.single_groups:
+        lines.append(f"  {g.name:<14}{m[g.name]['accuracy']:>9.3f}{m[g.name]['macro_f1']:>10.3f}")
+    lines.append(f"  {'object':<14}{'threshold':>10}{'precision':>10}{'recall':>8}{'F1':>7}{'AP':>7}")
+    for g in taxonomy.multi_groups:
+        for cls in g.class_ids:
+            lines.append(f"  {cls:<14}{threshold_text(result, cls):>10}{m[g.name]['precision'][cls]:>10.3f}"
+                         f"{m[g.name]['recall'][cls]:>8.3f}{m[g.name]['f1'][cls]:>7.3f}"
+                         f"{result['ranking'][cls]['average_precision']:>7.3f}")
+    lines.append(f"  mean object F1 (headline): {m['mean_object_f1']:.4f}")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, ev: Evaluation, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "confusion": report.write_confusion_matrices(result["metrics"], ev.taxonomy,
+                                                     out_dir / "confusion_matrices.png"),
+        "pr": report.write_pr_curves(result, ev.taxonomy, out_dir / "pr_curves.png"),
+        "worst": report.write_worst_grid(result["worst_images"], ev.image_dir, ev.taxonomy,
+                                         out_dir / "worst_images.png"),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    figures["report"] = report.write_report_md(result, ev.taxonomy, figures, out_dir / "report.md")
+    return figures
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description="Evaluate a checkpoint (in process) or the running service (REST) on a labeled CSV; "
+                    "writes metrics.json, confusion matrices, PR curves, the worst images and report.md")
+    parser.add_argument("--data", type=Path, required=True, help="label CSV in the original dataset's format")
+    parser.add_argument("--images", type=Path,
+                        help="folder the CSV's filenames are relative to (default: CSV folder/images)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path,
+                       help="evaluate this model.pt in process (with its taxonomy and thresholds)")
+    model.add_argument("--server", metavar="URL",
+                       help="evaluate the running TorchServe at this inference URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--out", type=Path, default=Path("reports/eval"), help="report folder (created)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows of the CSV")
+    parser.add_argument("--worst", type=int, default=12, help="how many worst-classified images to show")
+    local = parser.add_argument_group("in-process (--checkpoint)")
+    local.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
+    local.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    local.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images")
+    local.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                       help="larger images are skipped as unreadable, as the service refuses them")
+    remote = parser.add_argument_group("server (--server)")
+    remote.add_argument("--key-file", type=Path, default=DEFAULT_KEY_FILE,
+                        help="TorchServe's key_file.json (inference key); default $TAGGER_KEY_FILE or key_file.json")
+    remote.add_argument("--model", default="tagger", help="model name at /predictions/MODEL")
+    remote.add_argument("--model-version", help="ask this model version (default: the default version)")
+    remote.add_argument("--concurrency", type=int, default=4, help="requests in flight (the server batches them)")
+    remote.add_argument("--taxonomy", type=Path,
+                        help="taxonomy JSON of the served model (e.g. runs/x/taxonomy.json) to list its thresholds; "
+                             "default: the packaged layout, thresholds implied by the served labels")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        ev = run_evaluation(args)
+        result = summarise(ev, args.worst)
+        write_outputs(result, ev, args.out)
+    except requests.ConnectionError:
+        parser.exit(2, f"error: cannot reach the service at {args.server}: is TorchServe running (make serve)?\n")
+    except (LabelCsvError, TaxonomyError, EvaluationError, KeyFileError, ServiceError, OSError, ValueError,
+            requests.RequestException) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(format_summary(result, ev.taxonomy))
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])}: " + ", ".join(result["skipped"]))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
