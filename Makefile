@@ -92,7 +92,8 @@ archive: setup $(RUN)/model.pt
 serve: setup
 	test -f $(STORE)/tagger.mar || { echo "no $(STORE)/tagger.mar: run make archive (or make demo) first"; exit 1; }
 	$(PY) -m client.serve_config --out build/serve.properties $(if $(FRESH),--fresh)
-	$(BIN)/torchserve --start --ts-config build/serve.properties --model-store $(STORE)
+	# The frontend keeps the start command's stdout open: a file, not the caller's pipe (`make serve | tee` would hang).
+	mkdir -p logs && $(BIN)/torchserve --start --ts-config build/serve.properties --model-store $(STORE) > logs/torchserve.out 2>&1
 	$(PY) -m client wait-ready --timeout 300
 
 stop:
