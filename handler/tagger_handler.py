@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from phototag.checkpoint import load_model
-from phototag.decoding import MAX_PIXELS, ImageDecodeError, decode_image
+from phototag.decoding import MAX_PIXELS, ImageDecodeError
+from phototag.inference import load_image, predict_logits, prepare_model
 from phototag.payload import OIP_DATATYPE, PayloadError, extract_image_bytes, oip_request
-from phototag.preprocessing import draft_size, normalize, resize_to_tensor
 from phototag.taxonomy import Taxonomy, logits_to_tags
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,7 @@ class PhotoTaggerHandler:
         # The archive's taxonomy.json is the served one; load_model refuses a model whose outputs disagree with it.
         taxonomy = Taxonomy.load(os.path.join(model_dir, TAXONOMY_FILE))
         self.model, self.taxonomy, _ = load_model(os.path.join(model_dir, WEIGHTS_FILE), taxonomy=taxonomy)
-        self.model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+        prepare_model(self.model, self.device)
         self.image_size = self.model.config.image_size
         self.max_pixels = int(settings.get("max_pixels", MAX_PIXELS))
         self.decoder_pool = ThreadPoolExecutor(max_workers=int(settings.get("decode_threads", 2)),
@@ -102,11 +100,9 @@ class PhotoTaggerHandler:
 
     def _prepare_one(self, request: dict, content_type: str | None) -> torch.Tensor | dict:
         try:
-            data = extract_image_bytes(request, content_type)
-            image = decode_image(data, max_pixels=self.max_pixels, draft_size=draft_size(self.image_size))
+            return load_image(extract_image_bytes(request, content_type), self.image_size, self.max_pixels)
         except (PayloadError, ImageDecodeError) as exc:
             return {"error": str(exc), "reason": exc.reason, "code": 400}
-        return resize_to_tensor(image, self.image_size)
 
     def preprocess(self, requests: list[dict], content_types: list[str | None]) -> tuple[torch.Tensor, list]:
         """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: tensor or error dict)."""
@@ -116,16 +112,11 @@ class PhotoTaggerHandler:
                                                                 dtype=torch.uint8)
         return batch, prepared
 
-    @torch.inference_mode()
     def inference(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 [M, 3, S, S] -> float32 logits [M, num_logits] on the CPU, in one forward pass."""
         if len(batch) == 0:
             return torch.empty(0, self.taxonomy.num_logits)
-        x = normalize(batch.to(self.device, non_blocking=True))
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model(x.contiguous(memory_format=torch.channels_last)).float().cpu()
-        return self.model(x).cpu()
+        return predict_logits(self.model, batch, self.device)
 
     def postprocess(self, logits: torch.Tensor, prepared: list) -> list[dict]:
         """logits [M, num_logits] + the N preprocess entries -> N response dicts (tags or the request's error)."""

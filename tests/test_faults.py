@@ -3,13 +3,16 @@ a SIGKILLed worker is replaced, a flood gets fast 503s, a restart brings back ve
 from __future__ import annotations
 
 import io
+import random
+import threading
 import time
 
 import pytest
-from PIL import Image
+import requests
 
+from client.auth import read_key
 from client.rest import call
-from loadtests.faults import burst, kill_worker, recovery_after, send, steady_load, worker_pids
+from loadtests.faults import LoadRun, burst, kill_worker, recovery_after, send, steady_load, worker_pids
 from tests.torchserve_process import TorchServe
 from training.synth import generate_labels, render_scene
 
@@ -28,8 +31,6 @@ def ts(model_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos() -> list[bytes]:
     """2 MP phone-sized JPEGs: enough decoding work per request to saturate the worker."""
-    import random
-
     out = []
     for seed in range(4):
         buffer = io.BytesIO()
@@ -41,10 +42,6 @@ def photos() -> list[bytes]:
 def test_killed_worker_is_replaced_and_nothing_hangs(ts, photos):
     steady_load(ts.inference_url, ts.key_file, photos, clients=3, seconds=3)  # warm
     before = worker_pids(ts.management_url, ts.key_file)
-    import threading
-
-    from loadtests.faults import LoadRun
-
     run = LoadRun()
     loader = threading.Thread(target=steady_load, args=(ts.inference_url, ts.key_file, photos, 3, 25, run))
     loader.start()
@@ -80,7 +77,9 @@ def test_flood_gets_fast_well_formed_503s_and_recovers(ts, photos):
 
 
 def test_restart_brings_back_versions_and_default(ts, photos):
-    manage = lambda method, path: call(method, f"{ts.management_url}{path}", "management", ts.key_file)  # noqa: E731
+    def manage(method, path):
+        return call(method, f"{ts.management_url}{path}", "management", ts.key_file)
+
     assert manage("POST", "/models?url=tagger-2.0.mar&initial_workers=1&synchronous=true").status_code == 200
     assert manage("PUT", "/models/tagger/2.0/set-default").status_code == 200
     ts.stop()
@@ -89,8 +88,6 @@ def test_restart_brings_back_versions_and_default(ts, photos):
     assert set(versions) == {"1.0", "2.0"}
     assert manage("GET", "/models/tagger").json()[0]["modelVersion"] == "2.0"
     assert all(v["workers"] for v in versions.values())
-    headers = {"Authorization": f"Bearer {__import__('client.auth').auth.read_key('inference', ts.key_file)}"}
-    import requests
-
+    headers = {"Authorization": f"Bearer {read_key('inference', ts.key_file)}"}
     answer = requests.post(f"{ts.inference_url}/predictions/tagger", data=photos[0], headers=headers, timeout=60)
     assert answer.json()["model_version"] == "2.0"

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from phototag.decoding import ImageDecodeError, decode_image
-from phototag.preprocessing import draft_size, resize_to_tensor
+from phototag.decoding import ImageDecodeError
+from phototag.inference import load_image
 from phototag.taxonomy import SINGLE, Taxonomy
 from training.labels_csv import LabeledImage, read_labels_csv
 
@@ -35,8 +35,7 @@ def encode_targets(labels: dict, taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
 
 def load_image_tensor(path: Path, image_size: int) -> torch.Tensor:
     """Image file -> uint8 [3, image_size, image_size], exactly as the handler prepares a request."""
-    image = decode_image(path.read_bytes(), draft_size=draft_size(image_size))
-    return resize_to_tensor(image, image_size)
+    return load_image(path.read_bytes(), image_size)
 
 
 class _DecodeFiles(Dataset):

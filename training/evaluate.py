@@ -29,8 +29,8 @@ import torch
 from client.auth import DEFAULT_KEY_FILE, KeyFileError
 from client.rest import ServiceError, tag_image
 from phototag.checkpoint import load_model
-from phototag.decoding import MAX_PIXELS, ImageDecodeError, decode_image
-from phototag.preprocessing import draft_size, normalize, resize_to_tensor
+from phototag.decoding import MAX_PIXELS, ImageDecodeError
+from phototag.inference import load_image, predict_logits, prepare_model, resolve_device
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError, logits_to_tags
 from training import report
 from training.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
@@ -69,41 +69,21 @@ def _split_missing(rows: list[LabeledImage], image_dir: Path) -> tuple[list[Labe
     return present, skipped
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@torch.inference_mode()
-def _logits(model, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 [M, 3, S, S] -> float32 logits [M, num_logits] on the CPU: the handler's `inference`."""
-    x = normalize(batch.to(device, non_blocking=True))
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(x.contiguous(memory_format=torch.channels_last)).float().cpu()
-    return model(x).cpu()
-
-
 def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxonomy: Taxonomy,
                         *, batch_size: int = 32, device: str = "auto", workers: int = 2,
                         max_pixels: int = MAX_PIXELS) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
     """Answers of a model (from `load_model`) for every readable listed image, computed as the handler does:
-    decode_image with the draft size, resize_to_tensor, one batched forward pass in eval mode, logits_to_tags."""
-    dev = _resolve_device(device)
-    model.to(dev).eval()
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    phototag.inference.load_image, one batched forward pass (predict_logits) in eval mode, logits_to_tags."""
+    dev = resolve_device(device)
+    prepare_model(model, dev)
     image_size = model.config.image_size
     present, skipped = _split_missing(rows, image_dir)
 
     def prepare(row: LabeledImage) -> torch.Tensor | str:
         try:
-            data = (image_dir / row.filename).read_bytes()
-            image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(image_size))
+            return load_image((image_dir / row.filename).read_bytes(), image_size, max_pixels)
         except (ImageDecodeError, OSError) as exc:
             return str(exc)
-        return resize_to_tensor(image, image_size)
 
     kept, answers = [], []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
@@ -116,7 +96,7 @@ def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxono
                     skipped[row.filename] = f"unreadable image: {t}"
             if not good:
                 continue
-            logits = _logits(model, torch.stack([t for _, t in good]), dev)
+            logits = predict_logits(model, torch.stack([t for _, t in good]), dev)
             for (row, _), values in zip(good, logits.tolist()):
                 kept.append(row)
                 answers.append(logits_to_tags(values, taxonomy, IN_PROCESS_VERSION))
@@ -314,7 +294,7 @@ def run_evaluation(args) -> Evaluation:
                                                      batch_size=args.batch_size, device=args.device,
                                                      workers=args.workers, max_pixels=args.max_pixels)
         source = {"mode": "checkpoint", "checkpoint": str(args.checkpoint), "epoch": payload.get("epoch"),
-                  "image_size": model.config.image_size, "device": str(_resolve_device(args.device))}
+                  "image_size": model.config.image_size, "device": str(resolve_device(args.device))}
         declared = taxonomy.thresholds()
     else:
         taxonomy = Taxonomy.load(args.taxonomy or DEFAULT_TAXONOMY_PATH)

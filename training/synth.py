@@ -684,7 +684,7 @@ class _Scene:
 
     # ---- terrain backdrops ---------------------------------------------------------------------------------
     def _forest_backdrop(self) -> None:
-        rng, w, h, top = self.rng, self.w, self.h, self.horizon
+        rng, w, top = self.rng, self.w, self.horizon
         if self.view == "closeup":  # a canopy closes over the top: no sky
             canopy = FOLIAGE.get(self.season, [CONIFER])
             if self.season == "winter":

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from phototag.checkpoint import save_checkpoint
 from phototag.model import BACKBONES, PretrainedWeightsUnavailable, build_model
-from phototag.preprocessing import IMAGE_SIZE, normalize
+from phototag.inference import resolve_device, to_model_input
+from phototag.preprocessing import IMAGE_SIZE
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
 from training.data import InMemoryDataset, load_labeled_folder
 from training.labels_csv import LabelCsvError
@@ -99,11 +100,6 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" else nullcontext()
 
 
-def _to_device_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = normalize(images.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
 def train_one_epoch(model, criterion, optimizer, scheduler, data: InMemoryDataset, device, epoch: int, args,
                     generator: torch.Generator) -> float:
     model.train()
@@ -115,7 +111,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, data: InMemoryDatase
         # Horizontal flips change no label (nothing in the taxonomy depends on left/right).
         flip = torch.rand(len(images), generator=generator) < 0.5
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        x = _to_device_input(images, device)
+        x = to_model_input(images, device)
         targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
         with _autocast(device, args.amp):
             loss = criterion(model(x), targets)
@@ -136,7 +132,7 @@ def evaluate(model, data: InMemoryDataset, device, args) -> np.ndarray:
     chunks = []
     for images, _ in _batches(data, args.batch_size * 2, False):
         with _autocast(device, args.amp):
-            chunks.append(model(_to_device_input(images, device)).float().cpu())
+            chunks.append(model(to_model_input(images, device)).float().cpu())
     return torch.cat(chunks).numpy()
 
 
@@ -148,12 +144,6 @@ def _selection_score(metrics: dict, taxonomy: Taxonomy) -> float:
     """One number to pick the best epoch: the headline object F1 and every single-choice macro-F1, averaged."""
     parts = [metrics["mean_object_f1"]] + [metrics[g.name]["macro_f1"] for g in taxonomy.single_groups]
     return float(np.mean(parts))
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _split(data: InMemoryDataset, val_fraction: float, seed: int) -> tuple[InMemoryDataset, InMemoryDataset]:
@@ -187,7 +177,7 @@ def main(args) -> dict:
             raise SystemExit("give --data CSV or --synthetic N")
         _prepare_synthetic(args)
     taxonomy = Taxonomy.load(args.taxonomy)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     log.info("device %s, %d torch threads", device, torch.get_num_threads())
 
     started = time.time()
