@@ -11,6 +11,8 @@ RUN ?= runs/demo
 VERSION ?= 1.0
 STORE ?= model_store
 ARCHIVE := $(STORE)/$(if $(filter 1.0,$(VERSION)),tagger.mar,tagger-$(VERSION).mar)
+# Per-model serving settings packed into the archive (benchmarks pack variants of it).
+MODEL_CONFIG ?= handler/model-config.yaml
 # Staging folder of the archive build (tests give each run its own).
 BUILD ?= build
 STAGE := $(BUILD)/archive-$(VERSION)
@@ -82,7 +84,7 @@ archive: setup $(RUN)/model.pt
 	mkdir -p $(STAGE)/tmp && TMPDIR=$(abspath $(STAGE))/tmp $(BIN)/torch-model-archiver --model-name tagger --version $(VERSION) \
 		--handler handler/tagger_handler.py --serialized-file $(RUN)/model.pt \
 		--extra-files $(RUN)/taxonomy.json,$(STAGE)/extra \
-		--config-file handler/model-config.yaml --export-path $(STAGE) --force
+		--config-file $(MODEL_CONFIG) --export-path $(STAGE) --force
 	mv $(STAGE)/tagger.mar $(ARCHIVE)
 	@echo "built $(ARCHIVE) (model tagger, version $(VERSION), weights from $(RUN))"
 
