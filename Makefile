@@ -39,6 +39,8 @@ help:
 	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
 	@echo "make kserve-bundle  $(KSERVE_OUT)/ for KServe: config/config.properties + model-store/$(notdir $(ARCHIVE))"
 	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl + tags.csv; re-run to resume)"
+	@echo "make loadtest     Locust (REST + gRPC users) against the running server; report in reports/"
+	@echo "make rotate-keys  new inference and management keys for the running server"
 
 # ---- setup: idempotent; does nothing when requirements.txt has not changed ----------------------------------
 setup: $(VENV)/.installed generated/.stamp
