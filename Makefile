@@ -39,6 +39,7 @@ help:
 	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
 	@echo "make kserve-bundle  $(KSERVE_OUT)/ for KServe: config/config.properties + model-store/$(notdir $(ARCHIVE))"
 	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl + tags.csv; re-run to resume)"
+	@echo "make bench        offline ceiling vs naive vs tuned TorchServe, img/s and latency (reports/bench.json)"
 	@echo "make loadtest     Locust (REST + gRPC users) against the running server; report in reports/"
 	@echo "make rotate-keys  new inference and management keys for the running server"
 
@@ -143,6 +144,13 @@ kserve-bundle: setup
 tag-folder: setup
 	@test -n "$(DIR)" -a -n "$(OUT)" || { echo "usage: make tag-folder DIR=photos OUT=results/photos [TAG_ARGS='--grpc --concurrency 8']"; exit 2; }
 	$(PY) -m client.tag_folder $(DIR) --out $(OUT) $(TAG_ARGS)
+
+# ---- benchmark: offline ceiling vs naive vs shipped serving settings (real TorchServe on free ports) -----------
+BENCH_SECONDS ?= 20
+BENCH_SIZES ?= small,phone
+.PHONY: bench
+bench: setup $(RUN)/model.pt
+	$(PY) -m loadtests.bench --run $(RUN) --out reports/bench.json --seconds $(BENCH_SECONDS) --sizes $(BENCH_SIZES)
 
 # ---- load test (needs a running server: make serve) -------------------------------------------------------------
 .PHONY: loadtest

@@ -1,0 +1,316 @@
+"""Throughput benchmark: the offline ceiling vs a naive TorchServe setup vs the shipped (tuned) one, per input size.
+
+    python -m loadtests.bench --run runs/demo --out reports/bench.json [--seconds 20] [--concurrency 8]
+                              [--sizes small,phone[,camera]] [--batch-sizes 1,8,16,32]
+
+1. offline: the same model and the same bytes->logits code as the handler (phototag.inference.load_image +
+   predict_logits), in this process without HTTP; images decoded by a thread pool of the shipped decode_threads,
+   then one forward pass per batch. Every batch size of --batch-sizes is timed; the best one is the ceiling.
+2. naive: an archive packed with handler/model-config.naive.yaml (batchSize 1, maxBatchDelay 0, 1 worker,
+   decode_threads 1), served by a real TorchServe (the project's config.properties on free loopback ports).
+3. tuned: the same with the shipped handler/model-config.yaml.
+
+Both archives are built with `make archive ... MODEL_CONFIG=...` into a temporary store. Each server is loaded by
+--concurrency closed-loop clients (Python threads + requests, in this process) for --seconds per size class after
+a short warm-up, then stopped before the next starts. The client's own CPU use is recorded per load phase: the
+client and the server share the machine's cores, so a busy client takes CPU away from the server.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import requests
+import torch
+import yaml
+
+from client.auth import read_key
+from phototag.checkpoint import load_model
+from phototag.inference import load_image, predict_logits, prepare_model, resolve_device
+from tests.torchserve_process import TorchServe
+from training.synth import generate_labels, render_scene
+
+REPO = Path(__file__).resolve().parent.parent
+SIZES = {"small": (256, 256), "phone": (1632, 1224), "camera": (4000, 3000)}
+TUNED_CONFIG = REPO / "handler" / "model-config.yaml"
+NAIVE_CONFIG = REPO / "handler" / "model-config.naive.yaml"
+
+
+def render_photos(size: tuple[int, int], count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
+    photos = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        labels = generate_labels(random.Random(seed * 1000 + i))
+        render_scene(labels, *size, seed * 1000 + i).save(buffer, "JPEG", quality=quality)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+# ---- offline ceiling --------------------------------------------------------------------------------------------
+def offline_rate(model, device, image_size: int, photos: list[bytes], batch_size: int, seconds: float,
+                 pool: ThreadPoolExecutor) -> dict:
+    """Decode + forward end to end, batches of `batch_size` for about `seconds` (after one warm-up batch)."""
+    def one_batch(start: int) -> None:
+        chunk = [photos[(start + j) % len(photos)] for j in range(batch_size)]
+        images = list(pool.map(lambda b: load_image(b, image_size), chunk))
+        predict_logits(model, torch.stack(images), device)
+
+    one_batch(0)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or done == 0:
+        one_batch(done)
+        done += batch_size
+    elapsed = time.perf_counter() - started
+    return {"batch_size": batch_size, "images": done, "seconds": round(elapsed, 3),
+            "images_per_s": round(done / elapsed, 2)}
+
+
+def run_offline(run: Path, photos_by_size: dict[str, list[bytes]], batch_sizes: list[int], seconds: float,
+                decode_threads: int) -> dict:
+    model, _, _ = load_model(run / "model.pt")
+    device = resolve_device("auto")
+    prepare_model(model, device)
+    image_size = model.config.image_size
+    results = {}
+    with ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") as pool:
+        for size, photos in photos_by_size.items():
+            rows = []
+            for b in batch_sizes:
+                row = offline_rate(model, device, image_size, photos, b, seconds, pool)
+                print(f"  offline {size:6s} batch {b:3d}: {row['images_per_s']:8.2f} img/s", flush=True)
+                rows.append(row)
+            best = max(rows, key=lambda r: r["images_per_s"])
+            results[size] = {"by_batch_size": rows, "best_batch_size": best["batch_size"],
+                             "images_per_s": best["images_per_s"]}
+    return {"device": str(device), "image_size": image_size, "decode_threads": decode_threads, "sizes": results}
+
+
+# ---- served -----------------------------------------------------------------------------------------------------
+def build_archive(run: Path, store: Path, build: Path, model_config: Path) -> Path:
+    subprocess.run(["make", "--no-print-directory", "archive", f"RUN={run}", f"STORE={store}", "VERSION=1.0",
+                    f"BUILD={build}", f"MODEL_CONFIG={model_config}"], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+    return store / "tagger.mar"
+
+
+def closed_loop(url: str, key: str, photos: list[bytes], clients: int, seconds: float) -> list[tuple]:
+    """`clients` threads, each sending one photo and waiting for the answer, for `seconds`.
+    Returns (started, finished, status) per request; status 0 = connection error or client timeout."""
+    outcomes, lock = [], threading.Lock()
+    deadline = time.monotonic() + seconds
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
+
+    def client(index: int) -> None:
+        session, i, mine = requests.Session(), index, []
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                status = session.post(f"{url}/predictions/tagger", data=photos[i % len(photos)], headers=headers,
+                                      timeout=150).status_code
+            except requests.RequestException:
+                status = 0
+            mine.append((started, time.monotonic(), status))
+            i += clients
+        with lock:
+            outcomes.extend(mine)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return outcomes
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def summarize(outcomes: list[tuple]) -> dict:
+    ok = [o for o in outcomes if o[2] == 200]
+    latencies = sorted(1000 * (f - s) for s, f, _ in ok)
+    span = (max(o[1] for o in ok) - min(o[0] for o in ok)) if ok else float("nan")
+    return {"requests": len(outcomes), "ok": len(ok), "errors": len(outcomes) - len(ok),
+            "error_statuses": sorted({o[2] for o in outcomes if o[2] != 200}),
+            "images_per_s": round(len(ok) / span, 2) if ok else 0.0,
+            "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),
+            "p99_ms": round(percentile(latencies, 99), 1)}
+
+
+def server_cpu_seconds(server: TorchServe) -> float:
+    """CPU seconds used so far by the server's process tree (frontend + worker)."""
+    total = 0.0
+    try:
+        root = psutil.Process(server.process.pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+def run_served(name: str, archive_store: Path, workdir: Path, photos_by_size: dict[str, list[bytes]],
+               clients: int, seconds: float, warmup: float) -> dict:
+    server = TorchServe(workdir, archive_store)
+    t0 = time.monotonic()
+    server.start()
+    startup = time.monotonic() - t0
+    me = psutil.Process()
+    results = {}
+    try:
+        key = read_key("inference", server.key_file)
+        for size, photos in photos_by_size.items():
+            closed_loop(server.inference_url, key, photos, clients, warmup)
+            me.cpu_percent(None)
+            psutil.cpu_percent(None)
+            srv0, wall0 = server_cpu_seconds(server), time.monotonic()
+            outcomes = closed_loop(server.inference_url, key, photos, clients, seconds)
+            wall = time.monotonic() - wall0
+            row = summarize(outcomes)
+            row["client_cpu_percent"] = round(me.cpu_percent(None), 1)  # 100 = one core busy
+            row["server_cpu_percent"] = round(100 * (server_cpu_seconds(server) - srv0) / wall, 1)
+            row["machine_cpu_percent"] = round(psutil.cpu_percent(None), 1)  # 100 = every core busy
+            results[size] = row
+            print(f"  {name:6s} {size:6s}: {row['images_per_s']:8.2f} img/s  p50 {row['p50_ms']:.0f} ms  "
+                  f"p99 {row['p99_ms']:.0f} ms  errors {row['errors']}  client CPU {row['client_cpu_percent']}%",
+                  flush=True)
+    finally:
+        server.stop()
+    return {"startup_s": round(startup, 1), "sizes": results}
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+def serving_settings(path: Path) -> dict:
+    config = yaml.safe_load(path.read_text())
+    keys = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+    return {"file": str(path.relative_to(REPO)), **{k: config.get(k) for k in keys},
+            "handler": config.get("handler", {})}
+
+
+def table(report: dict) -> str:
+    lines = [f"{'setup':8s} {'size':7s} {'img/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s}"
+             f" {'client CPU':>11s} {'server CPU':>11s}",
+             "-" * 85]
+    offline = report["offline"]["sizes"]
+    for size in report["sizes"]:
+        o = offline[size]
+        lines.append(f"{'offline':8s} {size:7s} {o['images_per_s']:8.2f} {'-':>8s} {'-':>8s} {'-':>8s} {'-':>7s}"
+                     f" {'(batch ' + str(o['best_batch_size']) + ')':>11s} {'':>11s}")
+        for setup in ("naive", "tuned"):
+            r = report[setup]["sizes"][size]
+            lines.append(f"{setup:8s} {size:7s} {r['images_per_s']:8.2f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f}"
+                         f" {r['p99_ms']:8.0f} {r['errors']:7d} {r['client_cpu_percent']:10.0f}%"
+                         f" {r['server_cpu_percent']:10.0f}%")
+    lines.append("")
+    for size, ratio in report["ratios"].items():
+        lines.append(f"{size:7s} tuned/naive {ratio['tuned_over_naive']:.2f}x   "
+                     f"tuned/offline {ratio['tuned_over_offline']:.2f}   naive/offline {ratio['naive_over_offline']:.2f}")
+    m = report["machine"]
+    lines.append("")
+    lines.append(f"{m['cpu_count']} CPUs, torch threads {m['torch_threads']}; client = {report['load']['clients']} "
+                 f"closed-loop Python threads (requests) in the bench process, sharing the cores with the server "
+                 f"(CPU % : 100 = one core).")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="training run with model.pt")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    parser.add_argument("--seconds", type=float, default=20, help="measured load per setup and size class")
+    parser.add_argument("--warmup", type=float, default=3, help="unmeasured load before each measured phase")
+    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients")
+    parser.add_argument("--sizes", default="small,phone", help=f"comma list of {','.join(SIZES)}")
+    parser.add_argument("--batch-sizes", default="1,8,16,32", help="offline batch sizes tried")
+    parser.add_argument("--offline-seconds", type=float, default=None,
+                        help="per offline batch size (default: a quarter of --seconds, at least 2)")
+    parser.add_argument("--images", type=int, default=4, help="distinct photos per size class")
+    args = parser.parse_args(argv)
+
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown size class {unknown}; choose from {list(SIZES)}")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    offline_seconds = args.offline_seconds or max(2.0, args.seconds / 4)
+    run = args.run.resolve()
+    if not (run / "model.pt").is_file():
+        parser.error(f"{run}/model.pt not found")
+
+    started = time.monotonic()
+    tuned_settings, naive_settings = serving_settings(TUNED_CONFIG), serving_settings(NAIVE_CONFIG)
+    print(f"rendering {args.images} JPEGs (quality 90) per size class: {', '.join(sizes)}", flush=True)
+    photos = {s: render_photos(SIZES[s], args.images, seed=i + 1) for i, s in enumerate(sizes)}
+
+    print("offline ceiling (no HTTP, same decode + forward code)", flush=True)
+    offline = run_offline(run, photos, batch_sizes, offline_seconds,
+                          int(tuned_settings["handler"].get("decode_threads", 2)))
+
+    served = {}
+    with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
+        tmp = Path(tmp)
+        for name, config in (("naive", NAIVE_CONFIG), ("tuned", TUNED_CONFIG)):
+            store = tmp / name / "model_store"
+            build_archive(run, store, tmp / f"build-{name}", config)
+            print(f"{name}: serving {config.relative_to(REPO)}", flush=True)
+            served[name] = run_served(name, store, tmp / name / "server", photos, args.concurrency, args.seconds,
+                                      args.warmup)
+
+    ratios = {}
+    for s in sizes:
+        t, n, o = (served["tuned"]["sizes"][s]["images_per_s"], served["naive"]["sizes"][s]["images_per_s"],
+                   offline["sizes"][s]["images_per_s"])
+        ratios[s] = {"tuned_over_naive": round(t / n, 2) if n else None,
+                     "tuned_over_offline": round(t / o, 2) if o else None,
+                     "naive_over_offline": round(n / o, 2) if o else None}
+
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m loadtests.bench " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "run": str(args.run),
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "platform": platform.platform(), "cuda": torch.cuda.is_available()},
+        "sizes": sizes,
+        "size_pixels": {s: list(SIZES[s]) for s in sizes},
+        "jpeg_bytes": {s: [len(b) for b in photos[s]] for s in sizes},
+        "settings": {"naive": naive_settings, "tuned": tuned_settings},
+        "load": {"generator": "closed-loop Python threads + requests.Session, in the bench process",
+                 "clients": args.concurrency, "seconds": args.seconds, "warmup_seconds": args.warmup,
+                 "note": "client and server share the same cores; client_cpu_percent is the bench process "
+                         "(100 = one core), server_cpu_percent the TorchServe process tree, "
+                         "machine_cpu_percent all cores (100 = all busy)"},
+        "offline": offline,
+        "naive": served["naive"],
+        "tuned": served["tuned"],
+        "ratios": ratios,
+        "total_seconds": round(time.monotonic() - started, 1),
+    }
+    print()
+    print(table(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out} ({report['total_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
