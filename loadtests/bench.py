@@ -27,17 +27,15 @@ import random
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
-import requests
 import torch
 import yaml
 
-from client.auth import read_key
+from loadtests.faults import Outcome, steady_load
 from phototag.checkpoint import load_model
 from phototag.inference import load_image, predict_logits, prepare_model, resolve_device
 from tests.torchserve_process import TorchServe
@@ -106,32 +104,6 @@ def build_archive(run: Path, store: Path, build: Path, model_config: Path) -> Pa
     return store / "tagger.mar"
 
 
-def closed_loop(url: str, key: str, photos: list[bytes], clients: int, seconds: float) -> list[tuple]:
-    """`clients` threads, each sending one photo and waiting for the answer, for `seconds`.
-    Returns (started, finished, status) per request; status 0 = connection error or client timeout."""
-    outcomes, lock = [], threading.Lock()
-    deadline = time.monotonic() + seconds
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
-
-    def client(index: int) -> None:
-        session, i, mine = requests.Session(), index, []
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            try:
-                status = session.post(f"{url}/predictions/tagger", data=photos[i % len(photos)], headers=headers,
-                                      timeout=150).status_code
-            except requests.RequestException:
-                status = 0
-            mine.append((started, time.monotonic(), status))
-            i += clients
-        with lock:
-            outcomes.extend(mine)
-
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    return outcomes
-
-
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -140,12 +112,12 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def summarize(outcomes: list[tuple]) -> dict:
-    ok = [o for o in outcomes if o[2] == 200]
-    latencies = sorted(1000 * (f - s) for s, f, _ in ok)
-    span = (max(o[1] for o in ok) - min(o[0] for o in ok)) if ok else float("nan")
+def summarize(outcomes: list[Outcome]) -> dict:
+    ok = [o for o in outcomes if o.status == 200]
+    latencies = sorted(1000 * o.seconds for o in ok)
+    span = (max(o.finished for o in ok) - min(o.started for o in ok)) if ok else float("nan")
     return {"requests": len(outcomes), "ok": len(ok), "errors": len(outcomes) - len(ok),
-            "error_statuses": sorted({o[2] for o in outcomes if o[2] != 200}),
+            "error_statuses": sorted({o.status for o in outcomes if o.status != 200}),
             "images_per_s": round(len(ok) / span, 2) if ok else 0.0,
             "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),
             "p99_ms": round(percentile(latencies, 99), 1)}
@@ -176,13 +148,12 @@ def run_served(name: str, archive_store: Path, workdir: Path, photos_by_size: di
     me = psutil.Process()
     results = {}
     try:
-        key = read_key("inference", server.key_file)
         for size, photos in photos_by_size.items():
-            closed_loop(server.inference_url, key, photos, clients, warmup)
+            steady_load(server.inference_url, server.key_file, photos, clients, warmup)
             me.cpu_percent(None)
             psutil.cpu_percent(None)
             srv0, wall0 = server_cpu_seconds(server), time.monotonic()
-            outcomes = closed_loop(server.inference_url, key, photos, clients, seconds)
+            outcomes = steady_load(server.inference_url, server.key_file, photos, clients, seconds).outcomes
             wall = time.monotonic() - wall0
             row = summarize(outcomes)
             row["client_cpu_percent"] = round(me.cpu_percent(None), 1)  # 100 = one core busy

@@ -43,11 +43,13 @@ class LoadRun:
         return [o for o in self.outcomes if o.status != 200]
 
 
-def send(url: str, key_file: Path, body: bytes, timeout: float = 150) -> Outcome:
+def send(url: str, key_file: Path, body: bytes, timeout: float = 150,
+         session: requests.Session | None = None) -> Outcome:
     started = time.monotonic()
     try:
         headers = {"Authorization": f"Bearer {read_key('inference', key_file)}"}
-        response = requests.post(f"{url}/predictions/tagger", data=body, headers=headers, timeout=timeout)
+        response = (session or requests).post(f"{url}/predictions/tagger", data=body, headers=headers,
+                                              timeout=timeout)
         try:
             response.json()
             is_json = True
@@ -60,14 +62,15 @@ def send(url: str, key_file: Path, body: bytes, timeout: float = 150) -> Outcome
 
 def steady_load(url: str, key_file: Path, bodies: list[bytes], clients: int, seconds: float,
                 run: LoadRun | None = None, pause: float = 0.0) -> LoadRun:
-    """`clients` closed-loop clients sending for `seconds` (each waits for its answer, then `pause`)."""
+    """`clients` closed-loop clients sending for `seconds` (each waits for its answer, then `pause`), each over
+    its own keep-alive connection, as a real client would."""
     run = run or LoadRun()
     deadline = time.monotonic() + seconds
 
     def client(index: int) -> None:
-        i = index
+        i, session = index, requests.Session()
         while time.monotonic() < deadline:
-            run.add(send(url, key_file, bodies[i % len(bodies)]))
+            run.add(send(url, key_file, bodies[i % len(bodies)], session=session))
             i += clients
             if pause:
                 time.sleep(pause)
