@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import tempfile
@@ -39,22 +37,13 @@ from loadtests.faults import Outcome, steady_load
 from phototag.checkpoint import load_model
 from phototag.inference import load_image, predict_logits, prepare_model, resolve_device
 from tests.torchserve_process import TorchServe
-from training.synth import generate_labels, render_scene
+from training.synth import render_jpegs
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"small": (256, 256), "phone": (1632, 1224), "camera": (4000, 3000)}
 TUNED_CONFIG = REPO / "handler" / "model-config.yaml"
 NAIVE_CONFIG = REPO / "handler" / "model-config.naive.yaml"
 
-
-def render_photos(size: tuple[int, int], count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
-    photos = []
-    for i in range(count):
-        buffer = io.BytesIO()
-        labels = generate_labels(random.Random(seed * 1000 + i))
-        render_scene(labels, *size, seed * 1000 + i).save(buffer, "JPEG", quality=quality)
-        photos.append(buffer.getvalue())
-    return photos
 
 
 # ---- offline ceiling --------------------------------------------------------------------------------------------
@@ -229,7 +218,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     tuned_settings, naive_settings = serving_settings(TUNED_CONFIG), serving_settings(NAIVE_CONFIG)
     print(f"rendering {args.images} JPEGs (quality 90) per size class: {', '.join(sizes)}", flush=True)
-    photos = {s: render_photos(SIZES[s], args.images, seed=i + 1) for i, s in enumerate(sizes)}
+    photos = {s: render_jpegs(*SIZES[s], args.images, seed=i + 1) for i, s in enumerate(sizes)}
 
     print("offline ceiling (no HTTP, same decode + forward code)", flush=True)
     offline = run_offline(run, photos, batch_sizes, offline_seconds,

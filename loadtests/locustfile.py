@@ -8,7 +8,6 @@ Images are synthetic scenes rendered once per user in on_start (small 256×256 t
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -18,7 +17,7 @@ from locust import FastHttpUser, User, between, events, task
 
 from client.auth import DEFAULT_KEY_FILE, read_key
 from phototag.taxonomy import Taxonomy
-from training.synth import generate_labels, render_scene
+from training.synth import render_jpegs
 
 KEY_FILE = os.environ.get("TAGGER_KEY_FILE", str(DEFAULT_KEY_FILE))
 # (name, width, height, share of requests)
@@ -28,16 +27,7 @@ TAXONOMY = Taxonomy.load()
 
 def render_pool(seed: int, per_size: int = 3) -> dict[str, list[bytes]]:
     """JPEG bytes per size class, rendered once (the 12 MP ones take a second or two each)."""
-    pool: dict[str, list[bytes]] = {}
-    for name, width, height, _ in SIZE_MIX:
-        images = []
-        for i in range(per_size):
-            rng = random.Random(seed * 7919 + i)
-            buffer = io.BytesIO()
-            render_scene(generate_labels(rng, TAXONOMY), width, height, seed=seed + i).save(buffer, "JPEG", quality=88)
-            images.append(buffer.getvalue())
-        pool[name] = images
-    return pool
+    return {name: render_jpegs(width, height, per_size, seed, quality=88) for name, width, height, _ in SIZE_MIX}
 
 
 def check_tags(payload: dict) -> str | None:

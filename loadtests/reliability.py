@@ -7,9 +7,7 @@ free loopback ports) from an archive, prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import random
 import statistics
 import tempfile
 import threading
@@ -21,16 +19,7 @@ import psutil
 
 from loadtests.faults import LoadRun, burst, kill_worker, recovery_after, send, steady_load, worker_pids
 from tests.torchserve_process import TorchServe
-from training.synth import generate_labels, render_scene
-
-
-def phone_photos(count: int = 6, size=(1632, 1224)) -> list[bytes]:
-    photos = []
-    for seed in range(count):
-        buffer = io.BytesIO()
-        render_scene(generate_labels(random.Random(seed)), *size, seed).save(buffer, "JPEG", quality=90)
-        photos.append(buffer.getvalue())
-    return photos
+from training.synth import render_jpegs
 
 
 def rss_mb(pid: int) -> float:
@@ -97,7 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/reliability.json"), help="JSON results")
     args = parser.parse_args(argv)
 
-    photos = phone_photos()
+    photos = render_jpegs(1632, 1224, count=6)  # 2 MP phone photos
     server = TorchServe(Path(tempfile.mkdtemp(prefix="reliability-")), args.store.resolve()).start()
     results: dict = {"photo": "1632x1224 JPEG (2 MP phone size)", "cpu_count": psutil.cpu_count()}
     try:

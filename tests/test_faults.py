@@ -2,8 +2,6 @@
 a SIGKILLed worker is replaced, a flood gets fast 503s, a restart brings back versions and the default."""
 from __future__ import annotations
 
-import io
-import random
 import threading
 import time
 
@@ -14,7 +12,7 @@ from client.auth import read_key
 from client.rest import call
 from loadtests.faults import LoadRun, burst, kill_worker, recovery_after, send, steady_load, worker_pids
 from tests.torchserve_process import TorchServe
-from training.synth import generate_labels, render_scene
+from training.synth import render_jpegs
 
 pytestmark = pytest.mark.server
 QUEUE = 8  # a small job queue so that a flood overflows it within seconds on a 2-core machine
@@ -31,12 +29,7 @@ def ts(model_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos() -> list[bytes]:
     """2 MP phone-sized JPEGs: enough decoding work per request to saturate the worker."""
-    out = []
-    for seed in range(4):
-        buffer = io.BytesIO()
-        render_scene(generate_labels(random.Random(seed)), 1632, 1224, seed).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
+    return render_jpegs(1632, 1224, count=4)
 
 
 def test_killed_worker_is_replaced_and_nothing_hangs(ts, photos):

@@ -18,6 +18,7 @@ Only Pillow, numpy and the standard library (no torch) are used so that importin
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import multiprocessing
 import os
@@ -1107,6 +1108,18 @@ def render_scene(labels: dict, width: int, height: int, seed: int) -> Image.Imag
     ww, wh = max(16, round(width * scale)), max(16, round(height * scale))
     img = _Scene(labels, ww, wh, rng, nrng).render()
     return _finish(img, labels.get("time_of_day", UNKNOWN), width, height, rng)
+
+
+def render_jpegs(width: int, height: int, count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
+    """`count` random scenes of `width` x `height` as JPEG bytes, for load tests and benchmarks (deterministic)."""
+    photos = []
+    for i in range(count):
+        scene_seed = seed * 1_000_003 + i
+        buffer = io.BytesIO()
+        render_scene(generate_labels(random.Random(scene_seed)), width, height, scene_seed).save(
+            buffer, "JPEG", quality=quality)
+        photos.append(buffer.getvalue())
+    return photos
 
 
 # =============================================================================================================
