@@ -147,13 +147,20 @@ tag-folder: setup
 
 # ---- benchmark: offline ceiling vs naive vs shipped serving settings (real TorchServe on free ports) -----------
 BENCH_SECONDS ?= 20
-BENCH_SIZES ?= small,phone
+BENCH_SIZES ?= small,phone,camera
+# The served alternatives to the shipped settings that chose them (docs/performance.md).
+BENCH_VARIANTS ?= --variant batchSize=4 --variant batchSize=16 \
+	--variant minWorkers=1,maxWorkers=1,handler.torch_threads=0,handler.decode_threads=2
 .PHONY: bench
 bench: setup $(RUN)/model.pt
-	$(PY) -m loadtests.bench --run $(RUN) --out reports/bench.json --seconds $(BENCH_SECONDS) --sizes $(BENCH_SIZES)
+	$(PY) -m loadtests.bench --run $(RUN) --out reports/bench.json --seconds $(BENCH_SECONDS) --sizes $(BENCH_SIZES) \
+		$(BENCH_VARIANTS)
 
 # ---- load test (needs a running server: make serve) -------------------------------------------------------------
 .PHONY: loadtest
+# Locust runs distributed: a master and LOCUST_PROCESSES forked workers, one per 4 cores (at least one), leaving
+# the other cores to a server on the same machine. Point it at another host with LOCUST_ARGS="--host ...".
+LOCUST_PROCESSES ?= $(shell $(PY) -c "import os; print(max(1, (os.cpu_count() or 1) // 4))")
 loadtest: setup
 	mkdir -p reports
-	$(BIN)/locust --config loadtests/locust.conf $(LOCUST_ARGS)
+	$(BIN)/locust --config loadtests/locust.conf --processes $(LOCUST_PROCESSES) $(LOCUST_ARGS)

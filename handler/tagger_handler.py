@@ -10,7 +10,12 @@ unchanged on REST, and its gRPC ModelInfer turns it into a ModelInferResponse.
 
 Settings come from the archive's model-config.yaml, `handler:` section:
     device: auto | cpu | cuda      # auto: the GPU TorchServe assigned to this worker, if any
-    decode_threads: 2              # PIL and numpy release the GIL while decoding and resizing
+    precision: auto | bf16 | fp32  # auto: bf16 autocast where the device has it natively
+    channels_last: true            # NHWC activations (oneDNN and cuDNN run convolutions faster so)
+    compile: false | default | reduce-overhead | max-autotune   # torch.compile, paid for at worker start
+    jpeg_decoder: auto | pil | torchvision   # auto: batched nvjpeg on CUDA, Pillow (draft mode) on the CPU
+    decode_threads: 1              # PIL and numpy release the GIL while decoding and resizing
+    torch_threads: 1               # intra-op threads of this worker; 0 keeps torch's default (one per core)
     max_pixels: 80000000           # larger images are refused before they are decoded
 """
 from __future__ import annotations
@@ -25,8 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from phototag.checkpoint import load_model
+from phototag.compiled import BucketedCompiledModel
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
-from phototag.inference import load_image, predict_logits, prepare_model
+from phototag.inference import Runtime, load_image, predict_logits, prepare_model
+from phototag.jpeg_batch import choose_jpeg_decoder, decode_jpegs, fits_fast_lane
 from phototag.payload import OIP_DATATYPE, PayloadError, extract_image_bytes, oip_request
 from phototag.taxonomy import Taxonomy, logits_to_tags
 
@@ -63,60 +70,105 @@ class PhotoTaggerHandler:
     def __init__(self):
         self.initialized = False
         self.model = None
+        self.forward = None  # the model, or its compiled wrapper
         self.taxonomy: Taxonomy | None = None
-        self.device = torch.device("cpu")
+        self.runtime = Runtime(torch.device("cpu"))
+        self.jpeg_decoder = "pil"
         self.model_version = "unknown"
         self.image_size = 0
         self.max_pixels = MAX_PIXELS
         self.decoder_pool: ThreadPoolExecutor | None = None
 
     def initialize(self, context):
-        """Load weights and taxonomy from the archive, choose the device, and run one warm-up batch [1, 3, S, S]."""
+        """Load weights and taxonomy from the archive, choose device and precision, compile if asked, and run
+        warm-up batches [n, 3, S, S] (every compiled batch size, so no request pays for compiling)."""
         properties = context.system_properties
         model_dir = properties.get("model_dir")
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
-        self.device = self._choose_device(settings.get("device", "auto"), properties.get("gpu_id"))
+        self.runtime = Runtime.from_settings(settings, properties.get("gpu_id"))
+        if int(settings.get("torch_threads", 0)) > 0:
+            # Several CPU workers must split the cores: oversubscribed OpenMP threads spin and slow each other down.
+            torch.set_num_threads(int(settings["torch_threads"]))
         # The archive's taxonomy.json is the served one; load_model refuses a model whose outputs disagree with it.
         taxonomy = Taxonomy.load(os.path.join(model_dir, TAXONOMY_FILE))
         self.model, self.taxonomy, _ = load_model(os.path.join(model_dir, WEIGHTS_FILE), taxonomy=taxonomy)
-        prepare_model(self.model, self.device)
+        prepare_model(self.model, self.runtime)
         self.image_size = self.model.config.image_size
         self.max_pixels = int(settings.get("max_pixels", MAX_PIXELS))
+        self.jpeg_decoder = choose_jpeg_decoder(settings.get("jpeg_decoder", "auto"), self.runtime.device)
         self.decoder_pool = ThreadPoolExecutor(max_workers=int(settings.get("decode_threads", 2)),
                                                thread_name_prefix="decode")
         self.model_version = str(context.manifest.get("model", {}).get("modelVersion", "unknown"))
-        self.inference(torch.zeros(1, 3, self.image_size, self.image_size, dtype=torch.uint8))
-        log.info("tagger %s ready on %s: %d logits, input %d px, groups %s", self.model_version, self.device,
-                 self.taxonomy.num_logits, self.image_size, list(self.taxonomy.head_sizes))
+        max_batch = int((getattr(context, "model_yaml_config", None) or {}).get("batchSize", 1))
+        self._set_up_forward(settings.get("compile", False), max_batch)
+        log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px, groups %s",
+                 self.model_version, self.runtime.describe(), self.jpeg_decoder, self.taxonomy.num_logits,
+                 self.image_size, list(self.taxonomy.head_sizes))
         self.initialized = True
 
-    @staticmethod
-    def _choose_device(setting: str, gpu_id) -> torch.device:
-        if setting == "cpu" or not torch.cuda.is_available():
-            if setting == "cuda":
-                raise RuntimeError("model-config.yaml asks for device: cuda but this worker sees no CUDA device")
-            return torch.device("cpu")
-        return torch.device(f"cuda:{int(gpu_id) if gpu_id is not None else 0}")
+    def _set_up_forward(self, compile_mode, max_batch: int) -> None:
+        """self.forward = the model, or its torch.compile'd wrapper with every batch bucket compiled now."""
+        if not compile_mode:
+            self.forward = self.model
+            self.inference(self._blank_batch(1))
+            return
+        compiled = BucketedCompiledModel(self.model, max_batch, "default" if compile_mode is True else compile_mode)
+        self.forward = compiled
+        started = time.perf_counter()
+        compiled.warm_up(lambda n: self.inference(self._blank_batch(n)))
+        log.info("compiled (%s) for batch sizes %s in %.1f s", compiled.mode, compiled.buckets,
+                 time.perf_counter() - started)
 
-    def _prepare_one(self, request: dict, content_type: str | None) -> torch.Tensor | dict:
+    def _blank_batch(self, n: int) -> torch.Tensor:
+        return torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8)
+
+    def _prepare_one(self, request: dict | bytes, content_type: str | None) -> torch.Tensor | dict:
+        """One request (or its already extracted bytes) -> uint8 [3, S, S] on the CPU, or its error dict."""
         try:
-            return load_image(extract_image_bytes(request, content_type), self.image_size, self.max_pixels)
+            data = request if isinstance(request, bytes) else extract_image_bytes(request, content_type)
+            return load_image(data, self.image_size, self.max_pixels)
         except (PayloadError, ImageDecodeError) as exc:
             return {"error": str(exc), "reason": exc.reason, "code": 400}
 
     def preprocess(self, requests: list[dict], content_types: list[str | None]) -> tuple[torch.Tensor, list]:
-        """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: tensor or error dict)."""
-        prepared = list(self.decoder_pool.map(self._prepare_one, requests, content_types))
-        images = [p for p in prepared if isinstance(p, torch.Tensor)]
-        batch = torch.stack(images) if images else torch.empty(0, 3, self.image_size, self.image_size,
-                                                                dtype=torch.uint8)
+        """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: tensor or error dict).
+
+        With the torchvision JPEG decoder, plain JPEGs are decoded in one batched call on the model's device and
+        the batch is returned there; every other request takes the Pillow lane in the thread pool.
+        """
+        if self.jpeg_decoder == "pil":
+            prepared = list(self.decoder_pool.map(self._prepare_one, requests, content_types))
+        else:
+            prepared = self._prepare_with_jpeg_lane(requests, content_types)
+        # Pillow's images are stacked on the CPU and copied once; the JPEG lane's are already on the device.
+        device = self.runtime.device if self.jpeg_decoder == "torchvision" else torch.device("cpu")
+        images = [p.to(device) for p in prepared if isinstance(p, torch.Tensor)]
+        batch = torch.stack(images) if images else self._blank_batch(0)
         return batch, prepared
+
+    def _prepare_with_jpeg_lane(self, requests: list[dict], content_types: list[str | None]) -> list:
+        prepared: list = [None] * len(requests)
+        payloads: list = [None] * len(requests)
+        for index, (request, content_type) in enumerate(zip(requests, content_types)):
+            try:
+                payloads[index] = extract_image_bytes(request, content_type)
+            except PayloadError as exc:
+                prepared[index] = {"error": str(exc), "reason": exc.reason, "code": 400}
+        fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)]
+        for index, tensor in zip(fast, decode_jpegs([payloads[i] for i in fast], self.image_size,
+                                                     self.runtime.device)):
+            prepared[index] = tensor
+        slow = [i for i, p in enumerate(prepared) if p is None]
+        for index, result in zip(slow, self.decoder_pool.map(self._prepare_one, [payloads[i] for i in slow],
+                                                              [content_types[i] for i in slow])):
+            prepared[index] = result
+        return prepared
 
     def inference(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 [M, 3, S, S] -> float32 logits [M, num_logits] on the CPU, in one forward pass."""
         if len(batch) == 0:
             return torch.empty(0, self.taxonomy.num_logits)
-        return predict_logits(self.model, batch, self.device)
+        return predict_logits(self.forward, batch, self.runtime)
 
     def postprocess(self, logits: torch.Tensor, prepared: list) -> list[dict]:
         """logits [M, num_logits] + the N preprocess entries -> N response dicts (tags or the request's error)."""

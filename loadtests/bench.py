@@ -1,14 +1,17 @@
 """Throughput benchmark: the offline ceiling vs a naive TorchServe setup vs the shipped (tuned) one, per input size.
 
-    python -m loadtests.bench --run runs/demo --out reports/bench.json [--seconds 20] [--concurrency 8]
-                              [--sizes small,phone[,camera]] [--batch-sizes 1,8,16,32]
+    python -m loadtests.bench --run runs/demo --out reports/bench.json [--seconds 20] [--concurrency 32]
+                              [--sizes small,phone[,camera]] [--batch-sizes 1,8,16,32] [--toggles ...]
+                              [--variant batchSize=16 --variant minWorkers=1,maxWorkers=1 ...]
 
-1. offline: the same model and the same bytes->logits code as the handler (phototag.inference.load_image +
-   predict_logits), in this process without HTTP; images decoded by a thread pool of the shipped decode_threads,
-   then one forward pass per batch. Every batch size of --batch-sizes is timed; the best one is the ceiling.
+1. offline: the served handler class itself (preprocess + inference with the shipped model-config.yaml handler
+   settings, but decode_threads = the core count and torch's default threads: one process owning the machine),
+   initialised in this process through TorchServe's Context, without HTTP. Every batch size of
+   --batch-sizes is timed; the best one is the ceiling. Then each setting of --toggles (precision, channels_last,
+   compile, jpeg_decoder) is flipped on and off at that batch size, one at a time.
 2. naive: an archive packed with handler/model-config.naive.yaml (batchSize 1, maxBatchDelay 0, 1 worker,
    decode_threads 1), served by a real TorchServe (the project's config.properties on free loopback ports).
-3. tuned: the same with the shipped handler/model-config.yaml.
+3. tuned: the same with the shipped handler/model-config.yaml (or --tuned-config), and each --variant of it.
 
 Both archives are built with `make archive ... MODEL_CONFIG=...` into a temporary store. Each server is loaded by
 --concurrency closed-loop clients (Python threads + requests, in this process) for --seconds per size class after
@@ -26,16 +29,15 @@ import statistics
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import torch
 import yaml
+from ts.context import Context
 
+from handler.tagger_handler import PhotoTaggerHandler
 from loadtests.faults import Outcome, steady_load
-from phototag.checkpoint import load_model
-from phototag.inference import load_image, predict_logits, prepare_model, resolve_device
 from tests.torchserve_process import TorchServe
 from training.synth import render_jpegs
 
@@ -47,13 +49,22 @@ NAIVE_CONFIG = REPO / "handler" / "model-config.naive.yaml"
 
 
 # ---- offline ceiling --------------------------------------------------------------------------------------------
-def offline_rate(model, device, image_size: int, photos: list[bytes], batch_size: int, seconds: float,
-                 pool: ThreadPoolExecutor) -> dict:
-    """Decode + forward end to end, batches of `batch_size` for about `seconds` (after one warm-up batch)."""
+def load_handler(run: Path, handler_settings: dict, batch_size: int) -> PhotoTaggerHandler:
+    """The served handler class, initialised in this process from the training run as TorchServe would from the
+    archive (TorchServe's own Context), with `handler_settings` as the model-config.yaml handler section."""
+    config = {"batchSize": batch_size, "handler": handler_settings}
+    manifest = {"model": {"modelName": "tagger", "modelVersion": "offline"}}
+    handler = PhotoTaggerHandler()
+    handler.initialize(Context("tagger", str(run), manifest, batch_size, None, "0.12.0", model_yaml_config=config))
+    return handler
+
+
+def offline_rate(handler: PhotoTaggerHandler, photos: list[bytes], batch_size: int, seconds: float) -> dict:
+    """handler.preprocess + handler.inference end to end, batches of `batch_size` for about `seconds`."""
     def one_batch(start: int) -> None:
-        chunk = [photos[(start + j) % len(photos)] for j in range(batch_size)]
-        images = list(pool.map(lambda b: load_image(b, image_size), chunk))
-        predict_logits(model, torch.stack(images), device)
+        rows = [{"body": photos[(start + j) % len(photos)]} for j in range(batch_size)]
+        batch, _ = handler.preprocess(rows, [None] * batch_size)
+        handler.inference(batch)
 
     one_batch(0)
     done, started = 0, time.perf_counter()
@@ -65,24 +76,55 @@ def offline_rate(model, device, image_size: int, photos: list[bytes], batch_size
             "images_per_s": round(done / elapsed, 2)}
 
 
+def offline_settings(handler_settings: dict) -> dict:
+    """The served handler settings for one process that has the whole machine: every core decodes and computes
+    (a served worker may be given a share of the cores with decode_threads and torch_threads)."""
+    return {**handler_settings, "decode_threads": os.cpu_count() or 1, "torch_threads": 0}
+
+
 def run_offline(run: Path, photos_by_size: dict[str, list[bytes]], batch_sizes: list[int], seconds: float,
-                decode_threads: int) -> dict:
-    model, _, _ = load_model(run / "model.pt")
-    device = resolve_device("auto")
-    prepare_model(model, device)
-    image_size = model.config.image_size
+                handler_settings: dict) -> dict:
+    handler_settings = offline_settings(handler_settings)
+    handler = load_handler(run, handler_settings, max(batch_sizes))
     results = {}
-    with ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") as pool:
-        for size, photos in photos_by_size.items():
-            rows = []
-            for b in batch_sizes:
-                row = offline_rate(model, device, image_size, photos, b, seconds, pool)
-                print(f"  offline {size:6s} batch {b:3d}: {row['images_per_s']:8.2f} img/s", flush=True)
-                rows.append(row)
-            best = max(rows, key=lambda r: r["images_per_s"])
-            results[size] = {"by_batch_size": rows, "best_batch_size": best["batch_size"],
-                             "images_per_s": best["images_per_s"]}
-    return {"device": str(device), "image_size": image_size, "decode_threads": decode_threads, "sizes": results}
+    for size, photos in photos_by_size.items():
+        rows = []
+        for b in batch_sizes:
+            row = offline_rate(handler, photos, b, seconds)
+            print(f"  offline {size:6s} batch {b:3d}: {row['images_per_s']:8.2f} img/s", flush=True)
+            rows.append(row)
+        best = max(rows, key=lambda r: r["images_per_s"])
+        results[size] = {"by_batch_size": rows, "best_batch_size": best["batch_size"],
+                         "images_per_s": best["images_per_s"]}
+    return {"runtime": handler.runtime.describe(), "jpeg_decoder": handler.jpeg_decoder,
+            "image_size": handler.image_size, "decode_threads": handler_settings["decode_threads"],
+            "sizes": results}
+
+
+# Each GPU-path handler setting, measured at both values while the others keep their shipped ones.
+TOGGLES = {"precision": ("fp32", "bf16"), "channels_last": (False, True), "compile": (False, "default"),
+           "jpeg_decoder": ("pil", "torchvision")}
+
+
+def run_toggles(run: Path, photos_by_size: dict[str, list[bytes]], offline: dict, seconds: float,
+                handler_settings: dict, names: list[str]) -> dict:
+    """Offline img/s with each setting on and off, at each size class's best offline batch size."""
+    results = {}
+    for name in names:
+        values = {}
+        for value in TOGGLES[name]:
+            settings = {**offline_settings(handler_settings), name: value}
+            t0 = time.perf_counter()
+            handler = load_handler(run, settings, max(o["best_batch_size"] for o in offline["sizes"].values()))
+            start_s = time.perf_counter() - t0
+            rates = {size: offline_rate(handler, photos, offline["sizes"][size]["best_batch_size"],
+                                        seconds)["images_per_s"] for size, photos in photos_by_size.items()}
+            values[str(value)] = {"worker_start_s": round(start_s, 1), "images_per_s": rates,
+                                  "runtime": handler.runtime.describe(), "jpeg_decoder": handler.jpeg_decoder}
+            print(f"  {name}={value}: " + ", ".join(f"{k} {v:.2f} img/s" for k, v in rates.items())
+                  + f"  (worker start {start_s:.1f} s)", flush=True)
+        results[name] = values
+    return results
 
 
 # ---- served -----------------------------------------------------------------------------------------------------
@@ -157,11 +199,25 @@ def run_served(name: str, archive_store: Path, workdir: Path, photos_by_size: di
     return {"startup_s": round(startup, 1), "sizes": results}
 
 
+def apply_overrides(config: dict, variant: str) -> dict:
+    """'batchSize=16,handler.torch_threads=0' -> a copy of the model-config with those keys set (YAML values)."""
+    config = {**config, "handler": dict(config.get("handler") or {})}
+    for item in variant.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        section, _, name = key.strip().rpartition(".")
+        if section not in ("", "handler"):
+            raise ValueError(f"only top-level keys and handler.KEY can be changed, not {key!r}")
+        (config["handler"] if section else config)[name] = yaml.safe_load(value)
+    return config
+
+
 # ---- report -----------------------------------------------------------------------------------------------------
 def serving_settings(path: Path) -> dict:
     config = yaml.safe_load(path.read_text())
     keys = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
-    return {"file": str(path.relative_to(REPO)), **{k: config.get(k) for k in keys},
+    return {"file": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), **{k: config.get(k) for k in keys},
             "handler": config.get("handler", {})}
 
 
@@ -183,6 +239,13 @@ def table(report: dict) -> str:
     for size, ratio in report["ratios"].items():
         lines.append(f"{size:7s} tuned/naive {ratio['tuned_over_naive']:.2f}x   "
                      f"tuned/offline {ratio['tuned_over_offline']:.2f}   naive/offline {ratio['naive_over_offline']:.2f}")
+    for name, result in [("tuned as shipped", report["tuned"]), *report.get("variants", {}).items()]:
+        lines.append(f"served {name}: " + ", ".join(f"{size} {r['images_per_s']:.1f} img/s p99 {r['p99_ms']:.0f} ms"
+                                                   for size, r in result["sizes"].items()))
+    for name, values in report.get("toggles", {}).items():
+        cells = "   ".join(f"{name}={value}: " + ", ".join(f"{size} {rate:.1f}" for size, rate in v["images_per_s"].items())
+                           for value, v in values.items())
+        lines.append(f"offline img/s  {cells}")
     m = report["machine"]
     lines.append("")
     lines.append(f"{m['cpu_count']} CPUs, torch threads {m['torch_threads']}; client = {report['load']['clients']} "
@@ -197,12 +260,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
     parser.add_argument("--seconds", type=float, default=20, help="measured load per setup and size class")
     parser.add_argument("--warmup", type=float, default=3, help="unmeasured load before each measured phase")
-    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients")
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help="closed-loop clients: enough that the next batch is queued while one is computed")
     parser.add_argument("--sizes", default="small,phone", help=f"comma list of {','.join(SIZES)}")
     parser.add_argument("--batch-sizes", default="1,8,16,32", help="offline batch sizes tried")
     parser.add_argument("--offline-seconds", type=float, default=None,
                         help="per offline batch size (default: a quarter of --seconds, at least 2)")
     parser.add_argument("--images", type=int, default=4, help="distinct photos per size class")
+    parser.add_argument("--tuned-config", type=Path, default=TUNED_CONFIG,
+                        help="model-config.yaml of the tuned setup (default: the shipped one)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="also serve the tuned config with these keys changed (repeatable), e.g. batchSize=16 "
+                             "or minWorkers=1,maxWorkers=1,handler.torch_threads=0: the measurements that chose "
+                             "the shipped values")
+    parser.add_argument("--toggles", default="precision,channels_last,jpeg_decoder",
+                        help=f"handler settings measured on and off offline (comma list of {','.join(TOGGLES)}; "
+                             "'' for none; compile costs minutes of worker start on a CPU)")
     args = parser.parse_args(argv)
 
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -210,29 +283,52 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown size class {unknown}; choose from {list(SIZES)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    for variant in args.variant:
+        try:
+            apply_overrides({"handler": {}}, variant)
+        except ValueError as exc:
+            parser.error(f"--variant {variant!r}: {exc}")
+    toggle_names = [t.strip() for t in args.toggles.split(",") if t.strip()]
+    if any(t not in TOGGLES for t in toggle_names):
+        parser.error(f"--toggles: choose from {list(TOGGLES)}")
     offline_seconds = args.offline_seconds or max(2.0, args.seconds / 4)
     run = args.run.resolve()
     if not (run / "model.pt").is_file():
         parser.error(f"{run}/model.pt not found")
 
     started = time.monotonic()
-    tuned_settings, naive_settings = serving_settings(TUNED_CONFIG), serving_settings(NAIVE_CONFIG)
+    tuned_config = args.tuned_config.resolve()
+    tuned_settings, naive_settings = serving_settings(tuned_config), serving_settings(NAIVE_CONFIG)
     print(f"rendering {args.images} JPEGs (quality 90) per size class: {', '.join(sizes)}", flush=True)
     photos = {s: render_jpegs(*SIZES[s], args.images, seed=i + 1) for i, s in enumerate(sizes)}
 
     print("offline ceiling (no HTTP, same decode + forward code)", flush=True)
-    offline = run_offline(run, photos, batch_sizes, offline_seconds,
-                          int(tuned_settings["handler"].get("decode_threads", 2)))
+    offline = run_offline(run, photos, batch_sizes, offline_seconds, tuned_settings["handler"])
+    toggles = {}
+    if toggle_names:
+        print("settings on/off (offline, best batch size)", flush=True)
+        toggles = run_toggles(run, photos, offline, offline_seconds, tuned_settings["handler"], toggle_names)
 
-    served = {}
+    served, variants = {}, {}
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         tmp = Path(tmp)
-        for name, config in (("naive", NAIVE_CONFIG), ("tuned", TUNED_CONFIG)):
-            store = tmp / name / "model_store"
-            build_archive(run, store, tmp / f"build-{name}", config)
-            print(f"{name}: serving {config.relative_to(REPO)}", flush=True)
-            served[name] = run_served(name, store, tmp / name / "server", photos, args.concurrency, args.seconds,
-                                      args.warmup)
+        setups = [("naive", NAIVE_CONFIG), ("tuned", tuned_config)]
+        for index, variant in enumerate(args.variant):
+            path = tmp / f"model-config.variant{index}.yaml"
+            path.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(tuned_config.read_text()), variant)))
+            setups.append((variant, path))
+        for name, config in setups:
+            label = name if name in ("naive", "tuned") else f"variant{len(variants)}"
+            store = tmp / label / "model_store"
+            build_archive(run, store, tmp / f"build-{label}", config)
+            print(f"{label}: serving {config.name} {'' if label == name else '(tuned with ' + name + ')'}",
+                  flush=True)
+            result = run_served(label, store, tmp / label / "server", photos, args.concurrency, args.seconds,
+                                args.warmup)
+            if label == name:
+                served[name] = result
+            else:
+                variants[name] = result
 
     ratios = {}
     for s in sizes:
@@ -259,6 +355,8 @@ def main(argv=None) -> int:
                          "(100 = one core), server_cpu_percent the TorchServe process tree, "
                          "machine_cpu_percent all cores (100 = all busy)"},
         "offline": offline,
+        "toggles": toggles,
+        "variants": variants,
         "naive": served["naive"],
         "tuned": served["tuned"],
         "ratios": ratios,

@@ -61,16 +61,16 @@ def send(url: str, key_file: Path, body: bytes, timeout: float = 150,
 
 
 def steady_load(url: str, key_file: Path, bodies: list[bytes], clients: int, seconds: float,
-                run: LoadRun | None = None, pause: float = 0.0) -> LoadRun:
-    """`clients` closed-loop clients sending for `seconds` (each waits for its answer, then `pause`), each over
-    its own keep-alive connection, as a real client would."""
+                run: LoadRun | None = None, pause: float = 0.0, timeout: float = 150) -> LoadRun:
+    """`clients` closed-loop clients sending for `seconds` (each waits for its answer or `timeout`, then `pause`),
+    each over its own keep-alive connection, as a real client would."""
     run = run or LoadRun()
     deadline = time.monotonic() + seconds
 
     def client(index: int) -> None:
         i, session = index, requests.Session()
         while time.monotonic() < deadline:
-            run.add(send(url, key_file, bodies[i % len(bodies)], session=session))
+            run.add(send(url, key_file, bodies[i % len(bodies)], timeout=timeout, session=session))
             i += clients
             if pause:
                 time.sleep(pause)

@@ -1,14 +1,20 @@
 """The serving path from image bytes to logits, shared by the handler, training and in-process evaluation.
 
 Decode (JPEG in draft mode) → one resize to the model's input size (uint8 [3, S, S]) → stack → normalise on the
-device → one forward pass (bf16 autocast and channels_last on CUDA) → float32 logits on the CPU.
+device → one forward pass (bf16 autocast and channels_last where the hardware runs them faster) → float32 logits
+on the CPU.
 """
 from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
 from phototag.decoding import MAX_PIXELS, decode_image
 from phototag.preprocessing import draft_size, normalize, resize_to_tensor
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -18,31 +24,84 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware (CUDA Ampere+, CPUs with AVX512-BF16 or AMX via oneDNN).
+
+    Elsewhere bf16 autocast is emulated and slower than fp32, so 'auto' precision stays in fp32 there.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the network runs: the device, bf16 autocast or fp32, and the activations' memory layout."""
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def resolve(cls, device: str | torch.device = "auto", precision: str = "auto",
+                channels_last: bool = True) -> "Runtime":
+        """precision 'auto' is bf16 where the device has it natively (`native_bf16`), else fp32."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        bf16 = precision == "bf16" or (precision == "auto" and native_bf16(dev))
+        return cls(dev, bf16=bf16, channels_last=bool(channels_last))
+
+    def autocast(self):
+        """The autocast context of a forward pass (a no-op in fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    @classmethod
+    def from_settings(cls, settings: dict, gpu_id=None) -> "Runtime":
+        """The archive's model-config.yaml `handler:` section -> Runtime.
+
+        device: auto | cpu | cuda (auto: the GPU TorchServe assigned to this worker, if any); precision: auto |
+        bf16 | fp32; channels_last: true | false.
+        """
+        setting = settings.get("device", "auto")
+        if setting not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"handler device must be auto, cpu or cuda, not {setting!r}")
+        if setting == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("model-config.yaml asks for device: cuda but this worker sees no CUDA device")
+        if setting == "cpu" or not torch.cuda.is_available():
+            device = torch.device("cpu")
+        else:
+            device = torch.device(f"cuda:{int(gpu_id) if gpu_id is not None else 0}")
+        return cls.resolve(device, settings.get("precision", "auto"), settings.get("channels_last", True))
+
+    def describe(self) -> str:
+        return f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last' if self.channels_last else ''}"
+
+
 def load_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Image file bytes -> uint8 [3, image_size, image_size]; ImageDecodeError for anything unusable."""
     image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(image_size))
     return resize_to_tensor(image, image_size)
 
 
-def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 [N, 3, S, S] -> normalised float [N, 3, S, S] on `device` (channels_last on CUDA)."""
-    x = normalize(batch.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+def to_model_input(batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """uint8 [N, 3, S, S] -> normalised float [N, 3, S, S] on the runtime's device, in its memory format."""
+    x = normalize(batch.to(runtime.device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Eval mode on `device`, in the memory format `to_model_input` feeds it."""
-    model.to(device).eval()
-    if device.type == "cuda":
+def prepare_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """Eval mode on the runtime's device, in the memory format `to_model_input` feeds it."""
+    model.to(runtime.device).eval()
+    if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     """uint8 [N, 3, S, S] -> float32 logits [N, num_logits] on the CPU, in one forward pass."""
-    x = to_model_input(batch, device)
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(x).float().cpu()
-    return model(x).cpu()
+    x = to_model_input(batch, runtime)
+    with runtime.autocast():
+        return model(x).float().cpu()

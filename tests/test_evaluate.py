@@ -9,11 +9,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from phototag.checkpoint import load_model
-from phototag.preprocessing import normalize
+from phototag.inference import Runtime, predict_logits, prepare_model
 from phototag.taxonomy import Taxonomy
 from training.data import load_labeled_folder
 from training.evaluate import get_args_parser, main, pr_curve, precision_recall, run_evaluation, summarise
@@ -97,8 +96,8 @@ def test_in_process_metrics_match_the_training_code(local_report, tiny_dataset, 
     _, result = local_report
     model, taxonomy, _ = load_model(tiny_run / "model.pt")
     data = load_labeled_folder(tiny_dataset, None, taxonomy, model.config.image_size, workers=0)
-    with torch.inference_mode():
-        logits = model(normalize(data.images)).numpy()
+    runtime = Runtime.resolve("cpu")  # the precision and layout evaluation and serving resolve by default
+    logits = predict_logits(prepare_model(model, runtime), data.images, runtime).numpy()
     expected = evaluate_logits(logits, {k: v.numpy() for k, v in data.targets.items()}, taxonomy)
     for head in SINGLE_HEADS:
         assert result["metrics"][head]["accuracy"] == pytest.approx(expected[head]["accuracy"])

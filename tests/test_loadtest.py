@@ -1,4 +1,5 @@
-"""A short real Locust run (REST and gRPC users) against the test server: requests flow and none fail."""
+"""A short real distributed Locust run (a master and two forked workers; REST and gRPC users) against the test
+server: requests flow from both workers and none fail."""
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,7 @@ def test_locust_rest_and_grpc_users_validate_answers(server, tmp_path):
            "TAGGER_GRPC_TARGET": server.grpc_target}
     result = subprocess.run(
         [str(locust), "--config", "loadtests/locust.conf", "--host", server.inference_url, "--users", "2",
-         "--spawn-rate", "2", "--run-time", "15s", "--csv", str(tmp_path / "stats"),
+         "--spawn-rate", "2", "--run-time", "15s", "--processes", "2", "--csv", str(tmp_path / "stats"),
          "--html", str(tmp_path / "report.html")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     with open(tmp_path / "stats_stats.csv") as handle:
@@ -30,3 +31,4 @@ def test_locust_rest_and_grpc_users_validate_answers(server, tmp_path):
     assert int(total["Failure Count"]) == 0, result.stderr[-3000:]
     assert any(name.startswith("REST") for name in rows) and any(name.startswith("gRPC") for name in rows)
     assert (tmp_path / "report.html").stat().st_size > 0
+    assert "2 workers connected" in result.stderr, result.stderr[-2000:]

@@ -30,7 +30,7 @@ from client.auth import DEFAULT_KEY_FILE, KeyFileError
 from client.rest import ServiceError, tag_image
 from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
-from phototag.inference import load_image, predict_logits, prepare_model, resolve_device
+from phototag.inference import PRECISIONS, Runtime, load_image, predict_logits, prepare_model
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError, logits_to_tags
 from training import report
 from training.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
@@ -70,12 +70,12 @@ def _split_missing(rows: list[LabeledImage], image_dir: Path) -> tuple[list[Labe
 
 
 def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxonomy: Taxonomy,
-                        *, batch_size: int = 32, device: str = "auto", workers: int = 2,
-                        max_pixels: int = MAX_PIXELS) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
+                        *, batch_size: int = 32, device: str = "auto", precision: str = "auto",
+                        workers: int = 2, max_pixels: int = MAX_PIXELS) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
     """Answers of a model (from `load_model`) for every readable listed image, computed as the handler does:
     phototag.inference.load_image, one batched forward pass (predict_logits) in eval mode, logits_to_tags."""
-    dev = resolve_device(device)
-    prepare_model(model, dev)
+    runtime = Runtime.resolve(device, precision)  # as the handler resolves its defaults
+    prepare_model(model, runtime)
     image_size = model.config.image_size
     present, skipped = _split_missing(rows, image_dir)
 
@@ -96,7 +96,7 @@ def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxono
                     skipped[row.filename] = f"unreadable image: {t}"
             if not good:
                 continue
-            logits = predict_logits(model, torch.stack([t for _, t in good]), dev)
+            logits = predict_logits(model, torch.stack([t for _, t in good]), runtime)
             for (row, _), values in zip(good, logits.tolist()):
                 kept.append(row)
                 answers.append(logits_to_tags(values, taxonomy, IN_PROCESS_VERSION))
@@ -292,9 +292,11 @@ def run_evaluation(args) -> Evaluation:
         rows = read_labels_csv(args.data, taxonomy)[:args.limit]
         kept, answers, skipped = tag_with_checkpoint(rows, image_dir, model, taxonomy,
                                                      batch_size=args.batch_size, device=args.device,
+                                                     precision=args.precision,
                                                      workers=args.workers, max_pixels=args.max_pixels)
         source = {"mode": "checkpoint", "checkpoint": str(args.checkpoint), "epoch": payload.get("epoch"),
-                  "image_size": model.config.image_size, "device": str(resolve_device(args.device))}
+                  "image_size": model.config.image_size,
+                  "runtime": Runtime.resolve(args.device, args.precision).describe()}
         declared = taxonomy.thresholds()
     else:
         taxonomy = Taxonomy.load(args.taxonomy or DEFAULT_TAXONOMY_PATH)
@@ -398,6 +400,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     local = parser.add_argument_group("in-process (--checkpoint)")
     local.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
     local.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    local.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="bf16 autocast or fp32; 'auto' resolves as the handler's default does")
     local.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images")
     local.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                        help="larger images are skipped as unreadable, as the service refuses them")
