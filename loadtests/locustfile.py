@@ -3,17 +3,22 @@
     make loadtest                      # settings in loadtests/locust.conf, report in reports/
     locust -f loadtests/locustfile.py --config loadtests/locust.conf --users 16 --run-time 2m
 
-Images are synthetic scenes rendered once per user in on_start (small 256×256 thumbnails, ~2 MP phone photos,
-12 MP camera photos), so no photo set has to be shipped or downloaded.
+Images are synthetic scenes (small 256×256 thumbnails, ~2 MP phone photos, 12 MP camera photos), loaded in each
+user's on_start from a pool rendered once per Locust process, so no photo set has to be shipped or downloaded.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import time
 
+import grpc.experimental.gevent as grpc_gevent
 from locust import FastHttpUser, User, between, events, task
+
+# Locust users are gevent greenlets: without this, each blocking gRPC call stalls every user of the process.
+grpc_gevent.init_gevent()
 
 from client.auth import DEFAULT_KEY_FILE, read_key
 from phototag.taxonomy import Taxonomy
@@ -25,8 +30,11 @@ SIZE_MIX = [("small_256", 256, 256, 0.70), ("phone_2mp", 1632, 1224, 0.25), ("ca
 TAXONOMY = Taxonomy.load()
 
 
-def render_pool(seed: int, per_size: int = 3) -> dict[str, list[bytes]]:
-    """JPEG bytes per size class, rendered once (the 12 MP ones take a second or two each)."""
+@functools.lru_cache(maxsize=1)
+def render_pool(seed: int, per_size: int = 4) -> dict[str, list[bytes]]:
+    """JPEG bytes per size class, rendered once per Locust process and shared by its users: the 12 MP ones take
+    a second or two each, and rendering blocks the process's event loop, so per-user pools would keep a large
+    run from starting for minutes."""
     return {name: render_jpegs(width, height, per_size, seed, quality=88) for name, width, height, _ in SIZE_MIX}
 
 
@@ -45,7 +53,7 @@ def check_tags(payload: dict) -> str | None:
 
 class _ImageMix:
     def load_images(self) -> None:
-        self.pool = render_pool(seed=random.randrange(10_000))
+        self.pool = render_pool(seed=os.getpid())  # distributed runs: each worker process renders other photos
         self.names = [name for name, *_ in SIZE_MIX]
         self.weights = [share for *_, share in SIZE_MIX]
 
