@@ -60,6 +60,11 @@ def _record_metrics(metrics, decode_ms: float, inference_ms: float, batch_size: 
         metrics.add_counter("TaggerTagsServed", count, None, [Dimension("Tag", tag)])
 
 
+def _refusal(exc: PayloadError | ImageDecodeError) -> dict:
+    """The answer to a request that carries no usable image: HTTP 400 with what is wrong and a stable reason."""
+    return {"error": str(exc), "reason": exc.reason, "code": 400}
+
+
 def _content_type(context, index: int) -> str | None:
     # Header names reach the worker as the client spelled them.
     headers = context.get_all_request_header(index) or {}
@@ -84,7 +89,8 @@ class PhotoTaggerHandler:
         warm-up batches [n, 3, S, S] (every compiled batch size, so no request pays for compiling)."""
         properties = context.system_properties
         model_dir = properties.get("model_dir")
-        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+        model_config = getattr(context, "model_yaml_config", None) or {}
+        settings = model_config.get("handler", {}) or {}
         self.runtime = Runtime.from_settings(settings, properties.get("gpu_id"))
         if int(settings.get("torch_threads", 0)) > 0:
             # Several CPU workers must split the cores: oversubscribed OpenMP threads spin and slow each other down.
@@ -99,8 +105,7 @@ class PhotoTaggerHandler:
         self.decoder_pool = ThreadPoolExecutor(max_workers=int(settings.get("decode_threads", 2)),
                                                thread_name_prefix="decode")
         self.model_version = str(context.manifest.get("model", {}).get("modelVersion", "unknown"))
-        max_batch = int((getattr(context, "model_yaml_config", None) or {}).get("batchSize", 1))
-        self._set_up_forward(settings.get("compile", False), max_batch)
+        self._set_up_forward(settings.get("compile", False), int(model_config.get("batchSize", 1)))
         log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px, groups %s",
                  self.model_version, self.runtime.describe(), self.jpeg_decoder, self.taxonomy.num_logits,
                  self.image_size, list(self.taxonomy.head_sizes))
@@ -122,13 +127,19 @@ class PhotoTaggerHandler:
     def _blank_batch(self, n: int) -> torch.Tensor:
         return torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8)
 
-    def _prepare_one(self, request: dict | bytes, content_type: str | None) -> torch.Tensor | dict:
-        """One request (or its already extracted bytes) -> uint8 [3, S, S] on the CPU, or its error dict."""
+    def _prepare_one(self, request: dict, content_type: str | None) -> torch.Tensor | dict:
+        """One request -> uint8 [3, S, S] on the CPU, or its error dict."""
         try:
-            data = request if isinstance(request, bytes) else extract_image_bytes(request, content_type)
+            return self._decode_with_pillow(extract_image_bytes(request, content_type))
+        except PayloadError as exc:
+            return _refusal(exc)
+
+    def _decode_with_pillow(self, data: bytes) -> torch.Tensor | dict:
+        """Image bytes -> uint8 [3, S, S] on the CPU, or the error dict naming why they are not a usable image."""
+        try:
             return load_image(data, self.image_size, self.max_pixels)
-        except (PayloadError, ImageDecodeError) as exc:
-            return {"error": str(exc), "reason": exc.reason, "code": 400}
+        except ImageDecodeError as exc:
+            return _refusal(exc)
 
     def preprocess(self, requests: list[dict], content_types: list[str | None]) -> tuple[torch.Tensor, list]:
         """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: tensor or error dict).
@@ -153,14 +164,14 @@ class PhotoTaggerHandler:
             try:
                 payloads[index] = extract_image_bytes(request, content_type)
             except PayloadError as exc:
-                prepared[index] = {"error": str(exc), "reason": exc.reason, "code": 400}
+                prepared[index] = _refusal(exc)
         fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)]
         for index, tensor in zip(fast, decode_jpegs([payloads[i] for i in fast], self.image_size,
                                                      self.runtime.device)):
             prepared[index] = tensor
         slow = [i for i, p in enumerate(prepared) if p is None]
-        for index, result in zip(slow, self.decoder_pool.map(self._prepare_one, [payloads[i] for i in slow],
-                                                              [content_types[i] for i in slow])):
+        decoded = self.decoder_pool.map(self._decode_with_pillow, [payloads[i] for i in slow])
+        for index, result in zip(slow, decoded):
             prepared[index] = result
         return prepared
 

@@ -217,8 +217,8 @@ def apply_overrides(config: dict, variant: str) -> dict:
 def serving_settings(path: Path) -> dict:
     config = yaml.safe_load(path.read_text())
     keys = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
-    return {"file": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), **{k: config.get(k) for k in keys},
-            "handler": config.get("handler", {})}
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return {"file": str(shown), **{k: config.get(k) for k in keys}, "handler": config.get("handler", {})}
 
 
 def table(report: dict) -> str:
@@ -240,11 +240,12 @@ def table(report: dict) -> str:
         lines.append(f"{size:7s} tuned/naive {ratio['tuned_over_naive']:.2f}x   "
                      f"tuned/offline {ratio['tuned_over_offline']:.2f}   naive/offline {ratio['naive_over_offline']:.2f}")
     for name, result in [("tuned as shipped", report["tuned"]), *report.get("variants", {}).items()]:
-        lines.append(f"served {name}: " + ", ".join(f"{size} {r['images_per_s']:.1f} img/s p99 {r['p99_ms']:.0f} ms"
-                                                   for size, r in result["sizes"].items()))
+        lines.append(f"served {name}: " + ", ".join(
+            f"{size} {r['images_per_s']:.1f} img/s p99 {r['p99_ms']:.0f} ms" for size, r in result["sizes"].items()))
     for name, values in report.get("toggles", {}).items():
-        cells = "   ".join(f"{name}={value}: " + ", ".join(f"{size} {rate:.1f}" for size, rate in v["images_per_s"].items())
-                           for value, v in values.items())
+        cells = "   ".join(
+            f"{name}={value}: " + ", ".join(f"{size} {rate:.1f}" for size, rate in v["images_per_s"].items())
+            for value, v in values.items())
         lines.append(f"offline img/s  {cells}")
     m = report["machine"]
     lines.append("")
@@ -312,23 +313,18 @@ def main(argv=None) -> int:
     served, variants = {}, {}
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         tmp = Path(tmp)
-        setups = [("naive", NAIVE_CONFIG), ("tuned", tuned_config)]
+        # (label, model-config, where its result goes, under which key)
+        setups = [("naive", NAIVE_CONFIG, served, "naive"), ("tuned", tuned_config, served, "tuned")]
         for index, variant in enumerate(args.variant):
             path = tmp / f"model-config.variant{index}.yaml"
             path.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(tuned_config.read_text()), variant)))
-            setups.append((variant, path))
-        for name, config in setups:
-            label = name if name in ("naive", "tuned") else f"variant{len(variants)}"
+            setups.append((f"variant{index}", path, variants, variant))
+        for label, config, results, key in setups:
             store = tmp / label / "model_store"
             build_archive(run, store, tmp / f"build-{label}", config)
-            print(f"{label}: serving {config.name} {'' if label == name else '(tuned with ' + name + ')'}",
-                  flush=True)
-            result = run_served(label, store, tmp / label / "server", photos, args.concurrency, args.seconds,
-                                args.warmup)
-            if label == name:
-                served[name] = result
-            else:
-                variants[name] = result
+            print(f"{label}: serving {config.name}" + (f" (tuned with {key})" if key != label else ""), flush=True)
+            results[key] = run_served(label, store, tmp / label / "server", photos, args.concurrency, args.seconds,
+                                      args.warmup)
 
     ratios = {}
     for s in sizes:

@@ -8,10 +8,10 @@ so this is the figure that batch delay trades against throughput.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 from client.auth import DEFAULT_KEY_FILE
+from loadtests.bench import summarize
 from loadtests.faults import steady_load
 from training.synth import render_jpegs
 
@@ -25,12 +25,11 @@ def main(argv=None) -> int:
     photos = render_jpegs(256, 256, 4, seed=1)
     steady_load(args.url, args.key_file, photos, clients=1, seconds=3)
     run = steady_load(args.url, args.key_file, photos, clients=1, seconds=args.seconds)
-    latencies = sorted(1000 * o.seconds for o in run.outcomes if o.status == 200)
-    if len(latencies) < 2:
-        parser.exit(1, f"only {len(latencies)} of {len(run.outcomes)} requests succeeded\n")
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-    print(f"{len(latencies)} of {len(run.outcomes)} requests answered 200; "
-          f"p50 {q[49]:.1f} ms, p95 {q[94]:.1f} ms, p99 {q[98]:.1f} ms")
+    row = summarize(run.outcomes)
+    if row["ok"] < 2:
+        parser.exit(1, f"only {row['ok']} of {row['requests']} requests succeeded\n")
+    print(f"{row['ok']} of {row['requests']} requests answered 200; "
+          f"p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")
     return 0
 
 
