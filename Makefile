@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+KSERVE_VENV := .venv-kserve
 export PYTHONPATH := $(CURDIR)
 
 # Which training run `make archive` packs, and the version it is served as.
@@ -21,13 +22,13 @@ STAGE := $(BUILD)/archive-$(VERSION)
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 1200
 DEMO_HOLDOUT_IMAGES ?= 300
-DEMO_TRAIN_ARGS ?= --epochs 6 --batch-size 32 --lr 2e-3 --image-size 128
+DEMO_TRAIN_ARGS ?= --epochs 4 --batch-size 32 --image-size 128
 # Full run: the README's quality targets (GPU, or a long CPU run).
 FULL_DATA := data/full
 FULL_TRAIN_IMAGES ?= 12000
 FULL_TRAIN_ARGS ?= --epochs 20 --batch-size 64 --lr 1e-3
 
-.PHONY: help setup demo test train-demo train-full archive serve stop rotate-keys clean
+.PHONY: help setup demo test train-demo train-cpu train-full archive serve stop rotate-keys clean
 
 help:
 	@echo "make setup        create $(VENV) with the pinned dependencies and generate the gRPC stubs"
@@ -38,13 +39,14 @@ help:
 	@echo "make serve/stop   start TorchServe with config.properties and wait until READY / stop it"
 	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
 	@echo "make kserve-bundle  $(KSERVE_OUT)/ for KServe: config/config.properties + model-store/$(notdir $(ARCHIVE))"
+	@echo "                  (GPU pod settings from $(KSERVE_GPU_CONFIG); MODEL_CONFIG=file for others)"
 	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl + tags.csv; re-run to resume)"
 	@echo "make bench        offline ceiling vs naive vs tuned TorchServe, img/s and latency (reports/bench.json)"
 	@echo "make loadtest     Locust (REST + gRPC users) against the running server; report in reports/"
 	@echo "make rotate-keys  new inference and management keys for the running server"
 
 # ---- setup: idempotent; does nothing when requirements.txt has not changed ----------------------------------
-setup: $(VENV)/.installed generated/.stamp
+setup: $(VENV)/.installed generated/.stamp $(KSERVE_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +57,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 generated/.stamp: $(VENV)/.installed client/protos.py
 	$(PY) -m client.protos
+	touch $@
+
+# KServe's own wrapper code (kserve 0.13.0, as in TorchServe 0.12's KServe image) for tests/test_kserve.py. It pins
+# numpy<2 and protobuf<4, so it gets a venv of its own instead of changing .venv's pins.
+$(KSERVE_VENV)/.installed: requirements-kserve.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r requirements-kserve.txt
 	touch $@
 
 # ---- data and training ------------------------------------------------------------------------------------------
@@ -69,6 +79,16 @@ runs/demo/model.pt: $(DEMO_DATA)/train/labels.csv $(DEMO_DATA)/holdout/labels.cs
 		--output-dir runs/demo $(DEMO_TRAIN_ARGS)
 
 train-demo: setup runs/demo/model.pt
+
+# The longest recipe that fits an hour of a 2-core CPU, data generation included (docs/model.md).
+CPU_DATA := data/cpu
+CPU_TRAIN_IMAGES ?= 6700
+CPU_TRAIN_ARGS ?= --epochs 5 --batch-size 32 --lr 0.05 --image-size 128 --val-fraction 0.1
+train-cpu: setup
+	test -f $(CPU_DATA)/train/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/train --count $(CPU_TRAIN_IMAGES) --seed 21 --max-size 1280
+	test -f $(CPU_DATA)/holdout/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/holdout --count 1000 --seed 22 --max-size 1280
+	$(PY) -m training.train --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/holdout/labels.csv \
+		--output-dir runs/cpu $(CPU_TRAIN_ARGS)
 
 train-full: setup
 	test -f $(FULL_DATA)/train/labels.csv || $(PY) -m training.synth --out $(FULL_DATA)/train --count $(FULL_TRAIN_IMAGES) --seed 11
@@ -112,7 +132,7 @@ rotate-keys: setup
 demo: setup runs/demo/model.pt
 	$(MAKE) --no-print-directory archive RUN=runs/demo VERSION=1.0
 	$(MAKE) --no-print-directory serve FRESH=1 || { $(MAKE) --no-print-directory stop; exit 1; }
-	$(PY) -m client.demo --labels $(DEMO_DATA)/holdout/labels.csv --count 6; status=$$?; \
+	$(PY) -m client.demo --labels $(DEMO_DATA)/holdout/labels.csv --count 6 --metrics runs/demo/metrics.json; status=$$?; \
 		$(MAKE) --no-print-directory stop; exit $$status
 
 test: setup
@@ -135,9 +155,13 @@ evaluate: setup
 
 # ---- KServe: the storage layout of KServe's TorchServe runtime (deploy/kserve/, README "Scaling out") ----------
 KSERVE_OUT ?= build/kserve
+# The pod's serving settings (archive and model_snapshot): the GPU file, unless MODEL_CONFIG= is given on the
+# command line or in the environment (MODEL_CONFIG's own default is the CPU file that `make archive` packs).
+KSERVE_GPU_CONFIG := deploy/kserve/model-config.gpu.yaml
+KSERVE_MODEL_CONFIG := $(if $(filter file,$(origin MODEL_CONFIG)),$(KSERVE_GPU_CONFIG),$(MODEL_CONFIG))
 .PHONY: kserve-bundle
 kserve-bundle: setup
-	$(PY) -m client.kserve_bundle --mar $(ARCHIVE) --out $(KSERVE_OUT)
+	$(PY) -m client.kserve_bundle --mar $(ARCHIVE) --out $(KSERVE_OUT) --model-config $(KSERVE_MODEL_CONFIG)
 
 # ---- bulk tagging of a photo folder (needs a running server: make serve) ----------------------------------------
 .PHONY: tag-folder

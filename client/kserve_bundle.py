@@ -1,13 +1,16 @@
 """Lay out a model archive the way KServe's TorchServe runtime expects it in storage (`make kserve-bundle`):
 
     OUT/config/config.properties    deploy/kserve/config.properties, model_snapshot rewritten for the archive
-    OUT/model-store/<archive>.mar   the archive, unchanged
+    OUT/model-store/<archive>.mar   the archive; with --model-config, repacked with that model-config.yaml
 
-    python -m client.kserve_bundle --mar model_store/tagger.mar --out build/kserve
+    python -m client.kserve_bundle --mar model_store/tagger.mar --out build/kserve \
+        --model-config deploy/kserve/model-config.gpu.yaml
 
 Upload OUT/ to the InferenceService's storageUri (deploy/kserve/inferenceservice.yaml); KServe mounts it at
 /mnt/models. model_snapshot names the archive's model and version (from MAR-INF/MANIFEST.json) with the worker
-and batch settings of the model-config.yaml packed inside it, so the snapshot and the archive never disagree.
+and batch settings of the model-config.yaml packed inside the bundled archive, so the snapshot and the archive
+never disagree. The archive from `make archive` carries the CPU settings (handler/model-config.yaml);
+--model-config swaps in the pod's (one worker per GPU, bigger batches), the handler's `handler:` settings included.
 """
 from __future__ import annotations
 
@@ -79,13 +82,49 @@ def parse_properties(text: str) -> dict[str, str]:
     return result
 
 
-def build_bundle(mar: Path, out: Path, template: Path = DEFAULT_TEMPLATE) -> Path:
+def read_model_config(path: Path) -> dict:
+    """A model-config.yaml to bundle: a mapping whose snapshot settings are whole numbers."""
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise BundleError(f"{path}: not a readable model-config.yaml ({exc})") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{path}: a model-config.yaml is a mapping of settings, got {type(config).__name__}")
+    for key in SNAPSHOT_KEYS:
+        if key in config and not (isinstance(config[key], int) and config[key] > 0):
+            raise BundleError(f"{path}: {key} must be a positive whole number, got {config[key]!r}")
+    if config.get("minWorkers", 1) > config.get("maxWorkers", config.get("minWorkers", 1)):
+        raise BundleError(f"{path}: minWorkers {config['minWorkers']} is more than maxWorkers {config['maxWorkers']}")
+    return config
+
+
+def repack_archive(mar: Path, target: Path, model_config: Path) -> None:
+    """Copy the archive to target with its packed model-config.yaml replaced by model_config's bytes.
+
+    TorchServe reads the `handler:` section (device, decoder, compile, ...) from the archive, and the worker and
+    batch settings from the snapshot: both must come from the same file.
+    """
+    with zipfile.ZipFile(mar) as source:
+        config_name = json.loads(source.read("MAR-INF/MANIFEST.json")).get("model", {}).get("configFile")
+        if not config_name:
+            raise BundleError(f"{mar}: packed without a model-config.yaml (torch-model-archiver --config-file), "
+                              f"so --model-config has nothing to replace")
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as repacked:
+            for item in source.infolist():
+                data = Path(model_config).read_bytes() if item.filename == config_name else source.read(item)
+                repacked.writestr(item, data)
+
+
+def build_bundle(mar: Path, out: Path, template: Path = DEFAULT_TEMPLATE, model_config: Path | None = None) -> Path:
     """Write OUT/config/config.properties and OUT/model-store/<mar>; returns OUT. An earlier bundle's archives are
-    removed (KServe's wrapper refuses a model store with more than one)."""
+    removed (KServe's wrapper refuses a model store with more than one). With model_config, the bundled archive
+    and the snapshot carry that model-config.yaml instead of the one packed by `make archive`."""
     mar, out = Path(mar), Path(out)
     if not mar.is_file():
         raise BundleError(f"{mar} not found: build it with `make archive` first")
     model, config = read_archive(mar)
+    if model_config is not None:
+        config = read_model_config(model_config)
     text = render_config(Path(template).read_text(encoding="utf-8"), model_snapshot(mar.name, model, config))
     properties = parse_properties(text)
     if properties.get("model_store") != KSERVE_MODEL_STORE:
@@ -95,7 +134,10 @@ def build_bundle(mar: Path, out: Path, template: Path = DEFAULT_TEMPLATE) -> Pat
     for old in (out / "model-store").glob("*.mar"):
         old.unlink()
     (out / "config" / "config.properties").write_text(text, encoding="utf-8")
-    shutil.copy2(mar, out / "model-store" / mar.name)
+    if model_config is None:
+        shutil.copy2(mar, out / "model-store" / mar.name)
+    else:
+        repack_archive(mar, out / "model-store" / mar.name, model_config)
     return out
 
 
@@ -108,17 +150,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="bundle folder to write (default: %(default)s)")
     parser.add_argument("--config", type=Path, default=DEFAULT_TEMPLATE,
                         help="KServe config.properties template (default: deploy/kserve/config.properties)")
+    parser.add_argument("--model-config", type=Path, default=None,
+                        help="model-config.yaml for the pod (e.g. deploy/kserve/model-config.gpu.yaml); default: "
+                             "the one packed in the archive")
     args = parser.parse_args(argv)
     try:
-        out = build_bundle(args.mar, args.out, args.config)
+        out = build_bundle(args.mar, args.out, args.config, args.model_config)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    model, _ = read_archive(args.mar)
+    model, config = read_archive(out / "model-store" / args.mar.name)
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         print(path)
-    print(f"bundle for {model['modelName']} {model['modelVersion']} in {out}: upload this folder to the "
-          f"InferenceService's storageUri (deploy/kserve/inferenceservice.yaml)")
+    settings = ", ".join(f"{key} {config[key]}" for key in ("minWorkers", "batchSize", "startupTimeout")
+                         if key in config)
+    print(f"bundle for {model['modelName']} {model['modelVersion']} in {out} ({settings}, from "
+          f"{args.model_config or 'the archive'}): upload this folder to the InferenceService's storageUri "
+          f"(deploy/kserve/inferenceservice.yaml)")
     return 0
 
 

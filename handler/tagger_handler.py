@@ -6,7 +6,9 @@ TorchServe's gRPC path drops per-request status codes); the rest of its batch is
 
 An Open Inference Protocol (KServe v2) request is answered in OIP form (`format_response`): the usual tag (or
 error) JSON becomes the one BYTES element of the output tensor "tags". TorchServe passes that body through
-unchanged on REST, and its gRPC ModelInfer turns it into a ModelInferResponse.
+unchanged on REST, and its gRPC ModelInfer turns it into a ModelInferResponse. A refused OIP photo is answered
+with HTTP 200 and the error in the body (the element, and the response's "parameters"): KServe's wrapper turns
+any non-2xx answer from TorchServe into HTTP 500 and drops the body, which clients would retry as a server fault.
 
 Settings come from the archive's model-config.yaml, `handler:` section:
     device: auto | cpu | cuda      # auto: the GPU TorchServe assigned to this worker, if any
@@ -106,9 +108,10 @@ class PhotoTaggerHandler:
                                                thread_name_prefix="decode")
         self.model_version = str(context.manifest.get("model", {}).get("modelVersion", "unknown"))
         self._set_up_forward(settings.get("compile", False), int(model_config.get("batchSize", 1)))
-        log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px, groups %s",
-                 self.model_version, self.runtime.describe(), self.jpeg_decoder, self.taxonomy.num_logits,
-                 self.image_size, list(self.taxonomy.head_sizes))
+        log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px (%s), object pooling %s, "
+                 "groups %s", self.model_version, self.runtime.describe(), self.jpeg_decoder,
+                 self.taxonomy.num_logits, self.image_size, self.model.config.resize,
+                 self.model.config.object_pooling, list(self.taxonomy.head_sizes))
         self.initialized = True
 
     def _set_up_forward(self, compile_mode, max_batch: int) -> None:
@@ -137,7 +140,7 @@ class PhotoTaggerHandler:
     def _decode_with_pillow(self, data: bytes) -> torch.Tensor | dict:
         """Image bytes -> uint8 [3, S, S] on the CPU, or the error dict naming why they are not a usable image."""
         try:
-            return load_image(data, self.image_size, self.max_pixels)
+            return load_image(data, self.image_size, self.max_pixels, self.model.config.resize)
         except ImageDecodeError as exc:
             return _refusal(exc)
 
@@ -167,7 +170,7 @@ class PhotoTaggerHandler:
                 prepared[index] = _refusal(exc)
         fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)]
         for index, tensor in zip(fast, decode_jpegs([payloads[i] for i in fast], self.image_size,
-                                                     self.runtime.device)):
+                                                     self.runtime.device, self.model.config.resize)):
             prepared[index] = tensor
         slow = [i for i, p in enumerate(prepared) if p is None]
         decoded = self.decoder_pool.map(self._decode_with_pillow, [payloads[i] for i in slow])
@@ -196,9 +199,9 @@ class PhotoTaggerHandler:
         logits = self.inference(batch)
         inferred = time.perf_counter()
         responses = self.postprocess(logits, prepared)
-        for index, response in enumerate(responses):
+        for index, (request, response) in enumerate(zip(data, responses)):
             context.set_response_content_type(index, "application/json")
-            if "error" in response:
+            if "error" in response and oip_request(request) is None:
                 context.set_response_status(response["code"], response["error"][:200], index)
         log.info("batch of %d requests: %d tagged, %d refused", len(data), len(batch), len(data) - len(batch))
         _record_metrics(getattr(context, "metrics", None), 1000 * (decoded - started), 1000 * (inferred - decoded),
@@ -213,8 +216,10 @@ class PhotoTaggerHandler:
         TorchServe 0.12's gRPC ModelInfer parses this body into a ModelInferResponse, reading `id`, `model_name`,
         `model_version` and each output's `name`, `datatype`, `shape` and `data` unconditionally: a body without
         them makes the frontend throw (the call fails with INTERNAL "Worker died."). It also drops per-request
-        status codes. So an error keeps the OIP shape too: the error JSON is the tensor's element, and REST
-        clients also get the OIP "error" field and HTTP 400.
+        status codes. KServe's wrapper (kserve 0.13) rebuilds the answer from `id`, `model_version`, `parameters`
+        and `outputs` only, and answers 500 for any non-2xx status. So an error keeps the OIP shape and HTTP 200
+        (`handle` sets no status for OIP requests): the error JSON is the tensor's element, and REST clients also
+        find {"error", "reason", "code"} in the response's `parameters`, which both TorchServe and KServe pass on.
         """
         body = json.dumps(response, ensure_ascii=False)
         document = oip_request(request)
@@ -230,5 +235,5 @@ class PhotoTaggerHandler:
             "outputs": [{"name": OIP_OUTPUT, "shape": [1], "datatype": OIP_DATATYPE, "data": [body]}],
         }
         if "error" in response:
-            answer["error"] = response["error"]
+            answer["parameters"] = {key: response[key] for key in ("error", "reason", "code")}
         return json.dumps(answer, ensure_ascii=False)

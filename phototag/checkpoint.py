@@ -13,7 +13,9 @@ import torch
 from phototag.model import ModelConfig, MultiHeadTagger
 from phototag.taxonomy import Taxonomy
 
-FORMAT_VERSION = 1
+# 2: the model config gained `resize` and `object_pooling` (version-1 files load with squash + average pooling,
+# which is how they were trained); a file from a newer format is refused rather than served the wrong way.
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: str | Path, model: MultiHeadTagger, taxonomy: Taxonomy, **extra: Any) -> None:
@@ -34,6 +36,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or "model" not in payload or "model_config" not in payload:
         raise ValueError(f"{path} is not a tagger checkpoint (no 'model' / 'model_config' entries)")
+    version = payload.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path} is checkpoint format {version!r}; this code reads formats up to {FORMAT_VERSION}")
     return payload
 
 

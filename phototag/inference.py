@@ -1,6 +1,7 @@
 """The serving path from image bytes to logits, shared by the handler, training and in-process evaluation.
 
-Decode (JPEG in draft mode) → one resize to the model's input size (uint8 [3, S, S]) → stack → normalise on the
+Decode (JPEG in draft mode) → one resize to the model's input size, squashed or letterboxed as the model was
+trained (uint8 [3, S, S]) → stack → normalise on the
 device → one forward pass (bf16 autocast and channels_last where the hardware runs them faster) → float32 logits
 on the CPU.
 """
@@ -79,10 +80,11 @@ class Runtime:
         return f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last' if self.channels_last else ''}"
 
 
-def load_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Image file bytes -> uint8 [3, image_size, image_size]; ImageDecodeError for anything unusable."""
+def load_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS, resize: str = "squash") -> torch.Tensor:
+    """Image file bytes -> uint8 [3, image_size, image_size] (squashed or letterboxed: `ModelConfig.resize`);
+    ImageDecodeError for anything unusable."""
     image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(image_size))
-    return resize_to_tensor(image, image_size)
+    return resize_to_tensor(image, image_size, resize)
 
 
 def to_model_input(batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:

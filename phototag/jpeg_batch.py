@@ -14,7 +14,8 @@ import warnings
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as F
+
+from phototag.preprocessing import resize_tensor
 
 JPEG_DECODERS = ("auto", "pil", "torchvision")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -47,8 +48,10 @@ def fits_fast_lane(data: bytes, max_pixels: int) -> bool:
         return False
 
 
-def decode_jpegs(datas: list[bytes], image_size: int, device: torch.device) -> list[torch.Tensor | None]:
-    """JPEG bytes -> uint8 [3, image_size, image_size] on `device` each, or None where this lane failed.
+def decode_jpegs(datas: list[bytes], image_size: int, device: torch.device,
+                 resize: str = "squash") -> list[torch.Tensor | None]:
+    """JPEG bytes -> uint8 [3, image_size, image_size] on `device` each (squashed or letterboxed, as
+    `phototag.preprocessing` defines), or None where this lane failed.
 
     One batched decode call; if it fails (decode_jpeg returns nothing when any image in the batch is bad), each
     image is retried alone so that one bad file does not send the whole batch to the slow lane.
@@ -60,7 +63,7 @@ def decode_jpegs(datas: list[bytes], image_size: int, device: torch.device) -> l
         images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         images = [_decode_one(e, device) for e in encoded]
-    return [None if img is None else F.resize(img, [image_size, image_size], antialias=True) for img in images]
+    return [None if img is None else resize_tensor(img, image_size, resize) for img in images]
 
 
 def _decode_one(encoded: torch.Tensor, device: torch.device) -> torch.Tensor | None:

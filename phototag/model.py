@@ -1,46 +1,71 @@
 """The multi-head tagger: a ResNet backbone, global pooling, and one dropout+linear head per taxonomy group.
 
-The heads' outputs are concatenated in taxonomy order into one logit vector, so the model's output layout is
-exactly the taxonomy's logit layout (see `Taxonomy.check_model_outputs`).
+The single-choice heads (time of day, season, terrain) read the average of the last feature map: they are about
+the whole frame. The yes/no object heads may read another pooling of the same map (`ModelConfig.object_pooling`):
+an object covers a cell or two of the 4×4 map at 128 px, and averaging dilutes its evidence sixteenfold, while
+generalised-mean (GeM) pooling keeps a small, strong response. The heads' outputs are concatenated in taxonomy
+order into one logit vector, so the model's output layout is exactly the taxonomy's logit layout (see
+`Taxonomy.check_model_outputs`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
 from torchvision import models
 
-from phototag.preprocessing import IMAGE_SIZE, MEAN, STD
-from phototag.taxonomy import Taxonomy
+from phototag.preprocessing import IMAGE_SIZE, MEAN, STD, check_resize
+from phototag.taxonomy import SINGLE, Taxonomy
 
 BACKBONES = {"resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
              "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1)}
+POOLINGS = ("avg", "max", "gem")
+GEM_INITIAL_P = 3.0  # Radenović et al.: p = 1 is the average, p -> inf the maximum; 3 is their usual start
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild the network before loading a state_dict; stored in every checkpoint."""
+    """Everything needed to rebuild the network before loading a state_dict, and to prepare its input; stored in
+    every checkpoint. Fields added later default to what checkpoints without them were trained with."""
     head_sizes: dict[str, int]
     arch: str = "resnet34"
     dropout: float = 0.2
     image_size: int = IMAGE_SIZE
     mean: tuple[float, ...] = field(default=MEAN)
     std: tuple[float, ...] = field(default=STD)
+    resize: str = "squash"  # phototag.preprocessing: squash | letterbox
+    object_pooling: str = "avg"  # avg | max | gem, for the heads named in object_heads
+    object_heads: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        check_resize(self.resize)
+        if self.object_pooling not in POOLINGS:
+            raise ValueError(f"object_pooling must be one of {POOLINGS}, not {self.object_pooling!r}")
+        unknown = set(self.object_heads) - set(self.head_sizes)
+        if unknown:
+            raise ValueError(f"object_heads {sorted(unknown)} are not heads of the model {list(self.head_sizes)}")
 
     @classmethod
     def for_taxonomy(cls, taxonomy: Taxonomy, **kwargs) -> "ModelConfig":
-        return cls(head_sizes=taxonomy.head_sizes, **kwargs)
+        object_heads = tuple(g.name for g in taxonomy.groups if g.kind != SINGLE)
+        return cls(head_sizes=taxonomy.head_sizes, object_heads=object_heads, **kwargs)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
+        data["object_heads"] = list(self.object_heads)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         data = dict(data)
         data["mean"], data["std"] = tuple(data.get("mean", MEAN)), tuple(data.get("std", STD))
+        data["object_heads"] = tuple(data.get("object_heads", ()))
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"the checkpoint's model config has settings this code does not know: {sorted(unknown)} "
+                             "(written by a newer version of phototag?)")
         return cls(**data)
 
     @property
@@ -50,6 +75,29 @@ class ModelConfig:
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but could neither be downloaded nor found in the torch hub cache."""
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling with a learned exponent: [N, C, H, W] -> [N, C]."""
+
+    def __init__(self, p: float = GEM_INITIAL_P, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        p = self.p.float().clamp(min=1.0)
+        # float32: x ** p of bf16 activations loses the small values that the mean is meant to keep
+        return fmap.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def _pooling(name: str) -> nn.Module | None:
+    """The object heads' pooling module; None for the plain average the other heads share."""
+    if name == "gem":
+        return GeM()
+    if name == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    return None
 
 
 class MultiHeadTagger(nn.Module):
@@ -68,17 +116,29 @@ class MultiHeadTagger(nn.Module):
                 f"$TORCH_HOME/hub/checkpoints/ or train with --weights none"
             ) from exc
         feature_dim = backbone.fc.in_features
-        backbone.fc = nn.Identity()  # global average pooling stays; the heads take the pooled features
+        backbone.fc = nn.Identity()  # forward() pools the last feature map itself; no parameters are dropped
         self.backbone = backbone
+        self.object_pool = _pooling(config.object_pooling)
         self.heads = nn.ModuleDict(
             {name: nn.Sequential(nn.Dropout(config.dropout), nn.Linear(feature_dim, size))
              for name, size in config.head_sizes.items()}
         )
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] -> the backbone's last feature map [N, C, H/32, W/32] (torchvision's ResNet
+        forward up to, not including, its average pooling)."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] normalised float -> logits [N, num_logits] in taxonomy order."""
-        features = self.backbone(images)
-        return torch.cat([head(features) for head in self.heads.values()], dim=1)
+        fmap = self.feature_map(images)
+        average = fmap.mean(dim=(2, 3))
+        pooled = average if self.object_pool is None else torch.flatten(self.object_pool(fmap), 1).to(average.dtype)
+        object_heads = set(self.config.object_heads)
+        return torch.cat([head(pooled if name in object_heads else average) for name, head in self.heads.items()],
+                         dim=1)
 
 
 def build_model(taxonomy: Taxonomy, weights: str = "none", **config_kwargs) -> MultiHeadTagger:

@@ -8,7 +8,7 @@ their field names, and a JSON body already parsed (when its content type is appl
 - JSON `{"data": "<base64>"}` (a `data:image/...;base64,` prefix is allowed);
 - an Open Inference Protocol (KServe v2) inference request: `{"id": ..., "inputs": [{"name": ..., "shape": [1],
   "datatype": "BYTES", "data": ["<base64>"]}]}`. TorchServe 0.12 delivers it as the parsed JSON body both for
-  REST (`POST /v2/models/tagger/infer`, or KServe's wrapper posting it to `/predictions/tagger`) and for gRPC
+  REST (`POST /v2/models/tagger/infer`, where KServe's wrapper posts it too, or `/predictions/tagger`) and for gRPC
   `GRPCInferenceService/ModelInfer`, whose `bytes_contents` the frontend base64-encodes into that same JSON (it
   ignores `raw_input_contents`). `oip_request` tells such a request apart; the handler then answers in OIP form.
 """

@@ -4,8 +4,10 @@ Inference Protocol (KServe v2) answers in process, and two real TorchServe insta
 - the project's config.properties (token auth on) with TorchServe's OIP gRPC enabled: REST
   `POST /v2/models/tagger/infer` and gRPC `GRPCInferenceService/ModelInfer` give the same tags as
   `/predictions/tagger`, and both want the token;
-- the bundle's own config/config.properties (what KServe mounts), on local ports: token off, the model loaded from
-  model_snapshot, the management API's model registration off, and the runtime's TS_SERVICE_ENVELOPE ignored.
+- the bundle's own config/config.properties (what KServe mounts, GPU model-config), on local ports: token off, the
+  model loaded from model_snapshot, the management API's model registration off, and the runtime's
+  TS_SERVICE_ENVELOPE ignored; in front of it KServe's wrapper (tests/kserve_wrapper.py on the real kserve 0.13.0
+  in .venv-kserve), as in the pod: a refused photo comes back as HTTP 200 with the error, not as KServe's 500.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +36,25 @@ from tests.conftest import PYTHON, run
 from tests.torchserve_process import REPO, TORCHSERVE, TorchServe, derive_config, free_port
 
 DEPLOY = REPO / "deploy" / "kserve"
+GPU_MODEL_CONFIG = DEPLOY / "model-config.gpu.yaml"
+KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
 GROUPS = {"time_of_day", "season", "terrain", "objects", "tags", "model_version"}
+# The label that keeps an InferenceService off the public gateway, by the deployment mode that reads it: Knative
+# (Serverless) reads its own label, KServe's RawDeployment / Gateway API mode reads KServe's (KServe PR #2518).
+VISIBILITY_LABEL = {"Serverless": "networking.knative.dev/visibility",
+                    "RawDeployment": "networking.kserve.io/visibility"}
 
 
 def load_yaml(name: str) -> dict:
     [document] = list(yaml.safe_load_all((DEPLOY / name).read_text()))
     return document
+
+
+def cluster_local(isvc: dict) -> bool:
+    """Whether KServe keeps this InferenceService cluster-local in the deployment mode it declares (Serverless is
+    KServe's default mode)."""
+    mode = isvc["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode", "Serverless")
+    return isvc["metadata"].get("labels", {}).get(VISIBILITY_LABEL[mode]) == "cluster-local"
 
 
 def oip_request(image: bytes, request_id: str | None = None, name: str = "image") -> dict:
@@ -78,8 +94,50 @@ def test_inferenceservice_has_what_kserve_needs():
     annotations = isvc["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/class"] == "kpa.autoscaling.knative.dev"
     assert int(annotations["autoscaling.knative.dev/target"]) == predictor["scaleTarget"]
-    # Token auth is off in this deployment: it must not be published outside the cluster by default.
-    assert isvc["metadata"]["labels"]["networking.kserve.io/visibility"] == "cluster-local"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] in VISIBILITY_LABEL
+
+
+@pytest.mark.parametrize("mode", sorted(VISIBILITY_LABEL))
+def test_inferenceservice_is_cluster_local_in_each_deployment_mode(mode):
+    """Token auth is off in this deployment: it must not get a host on the public gateway, in whichever mode."""
+    isvc = load_yaml("inferenceservice.yaml")
+    assert cluster_local(isvc)  # as shipped
+    isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = mode
+    assert cluster_local(isvc), f"{mode} reads {VISIBILITY_LABEL[mode]}"
+    # The issue's manifest carried only the other mode's label: this check would have caught it.
+    del isvc["metadata"]["labels"][VISIBILITY_LABEL[mode]]
+    assert not cluster_local(isvc)
+
+
+def test_storage_uri_is_read_with_the_service_account():
+    isvc, account = load_yaml("inferenceservice.yaml"), load_yaml("serviceaccount.yaml")
+    assert account["apiVersion"] == "v1" and account["kind"] == "ServiceAccount"
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["namespace"] == isvc["metadata"]["namespace"]
+    # The credentials are one of two commented choices (IRSA role or an S3 secret), each valid once uncommented.
+    lines = (DEPLOY / "serviceaccount.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("apiVersion:"))
+    manifest = lines[start:]
+    uncommented = yaml.safe_load("\n".join(line.replace("# ", "", 1) for line in manifest))
+    assert uncommented["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    assert uncommented["secrets"] == [{"name": "tagger-s3"}]
+    secret_help = "\n".join(lines[:start])
+    for annotation in ("serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps", "serving.kserve.io/s3-region"):
+        assert annotation in secret_help
+    assert "secret generic tagger-s3" in secret_help
+
+
+def test_model_load_wait_outlasts_the_worker_start():
+    """KServe's wrapper gives up on the model after MODEL_LOAD_MAX_TRY x MODEL_LOAD_DELAY s (default 10 x 30); the
+    GPU pod's worker may take startupTimeout s, after TorchServe's frontend itself has started."""
+    isvc = load_yaml("inferenceservice.yaml")
+    env = {item["name"]: item["value"] for item in isvc["spec"]["predictor"]["model"]["env"]}
+    assert all(isinstance(value, str) for value in env.values())  # Kubernetes wants env values as strings
+    wait_s = int(env["MODEL_LOAD_MAX_TRY"]) * int(env["MODEL_LOAD_DELAY"])
+    startup_s = yaml.safe_load(GPU_MODEL_CONFIG.read_text())["startupTimeout"]
+    assert wait_s >= startup_s + 120, (wait_s, startup_s)
+    deadline = isvc["metadata"]["annotations"]["serving.knative.dev/progress-deadline"]
+    assert deadline.endswith("m") and int(deadline[:-1]) * 60 > wait_s  # Knative must not fail the revision first
 
 
 def test_network_policy_admits_only_the_ingress_path():
@@ -101,6 +159,42 @@ def test_network_policy_admits_only_the_ingress_path():
         ports |= {p["port"] for p in rule["ports"]}
     assert sources == {"istio-system", "knative-serving"}
     assert not ports & {8085, 7070, 7071, 8081}  # TorchServe itself is reached from inside the pod only
+    assert 8013 not in ports  # queue-proxy's h2c port: no gRPC in the cluster (REST v2 only)
+    # The policy limits the last hop only: its comment must not let a reader take it for caller authentication.
+    text = (DEPLOY / "networkpolicy.yaml").read_text()
+    assert "NOT who the caller is" in text and "authorizationpolicy.example.yaml" in text
+
+
+def test_authorization_policy_example_checks_the_caller():
+    isvc, policy = load_yaml("inferenceservice.yaml"), load_yaml("networkpolicy.yaml")
+    documents = list(yaml.safe_load_all((DEPLOY / "authorizationpolicy.example.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in documents}
+    assert sorted(by_kind) == ["AuthorizationPolicy", "RequestAuthentication"] and len(documents) == 2
+    pods = policy["spec"]["podSelector"]["matchLabels"]
+    for document in documents:
+        assert document["apiVersion"] == "security.istio.io/v1"
+        assert document["metadata"]["namespace"] == isvc["metadata"]["namespace"]
+        assert document["spec"]["selector"]["matchLabels"] == pods  # the predictor pods, as the NetworkPolicy
+    [jwt] = by_kind["RequestAuthentication"]["spec"]["jwtRules"]
+    assert jwt["issuer"].startswith("https://") and jwt["jwksUri"].startswith("https://") and jwt["audiences"]
+    authz = by_kind["AuthorizationPolicy"]["spec"]
+    assert authz["action"] == "ALLOW"  # everything not allowed is denied on these pods
+    infer_path = f"/v2/models/{isvc['metadata']['name']}/infer"
+    reaching_infer = []
+    for rule in authz["rules"]:
+        assert rule.get("from") and rule.get("to"), "a rule without 'from' or 'to' allows any caller or any path"
+        paths = {p for op in rule["to"] for p in op["operation"]["paths"]}
+        sources = [peer["source"] for peer in rule["from"]]
+        if any(p == infer_path or p.endswith("*") for p in paths):
+            reaching_infer.append(rule)
+            # Only a validated token of the identity provider (it survives the activator hop), plus a claim.
+            assert all(set(source) == {"requestPrincipals"} for source in sources), sources
+            assert all(principal.startswith(jwt["issuer"] + "/") for source in sources
+                       for principal in source["requestPrincipals"])
+            assert rule.get("when"), "any valid token of the provider would do"
+        else:
+            assert paths <= {"/metrics", "/healthz"}, paths  # Knative's own probes and scrapes only
+    assert len(reaching_infer) == 1
 
 
 def test_kserve_config_disables_the_token_and_says_what_replaces_it():
@@ -159,6 +253,43 @@ def test_bundle_has_the_layout_and_properties_kserve_expects(model_store, tmp_pa
     assert junk.returncode == 1 and "not a readable TorchServe model archive" in junk.stderr
 
 
+def test_bundle_takes_the_gpu_model_config_or_the_one_named(model_store, tmp_path):
+    """`make kserve-bundle` bundles the GPU pod's settings (not the CPU ones `make archive` packed), in the snapshot
+    and inside the bundled archive alike; MODEL_CONFIG= names another file."""
+    def bundle(*make_args: str) -> tuple[dict, list[str], bytes]:
+        """(the snapshot's entry, the bundled archive's file names, its packed model-config.yaml)"""
+        out = tmp_path / "bundle"
+        run(["make", "--no-print-directory", "kserve-bundle", f"STORE={model_store}", f"KSERVE_OUT={out}",
+             *make_args])
+        snapshot = json.loads(parse_properties((out / "config" / "config.properties").read_text())["model_snapshot"])
+        mar = out / "model-store" / "tagger.mar"
+        with zipfile.ZipFile(mar) as archive:
+            packed = archive.read(json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["configFile"])
+            names = sorted(archive.namelist())
+        return snapshot["models"]["tagger"]["1.0"], names, packed
+
+    with zipfile.ZipFile(model_store / "tagger.mar") as original:
+        original_names = sorted(original.namelist())
+    for args, source in (((), GPU_MODEL_CONFIG), (("MODEL_CONFIG=handler/model-config.yaml",),
+                                                   REPO / "handler" / "model-config.yaml")):
+        entry, names, packed = bundle(*args)
+        settings = yaml.safe_load(source.read_text())
+        for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout"):
+            assert entry[key] == settings[key], (source.name, key)
+        assert packed == source.read_bytes()  # the handler: section the worker reads agrees with the snapshot
+        assert names == original_names  # weights, handler, phototag/ ... all still there
+    gpu, cpu = yaml.safe_load(GPU_MODEL_CONFIG.read_text()), yaml.safe_load(
+        (REPO / "handler" / "model-config.yaml").read_text())
+    assert gpu["minWorkers"] == gpu["maxWorkers"] == 1 and gpu["batchSize"] > cpu["batchSize"]
+
+    for text, message in (("minWorkers: two\n", "positive whole number"), ("- a list\n", "mapping"),
+                          ("minWorkers: 3\nmaxWorkers: 1\n", "more than maxWorkers")):
+        (tmp_path / "bad.yaml").write_text(text)
+        refused = run([PYTHON, "-m", "client.kserve_bundle", "--mar", str(model_store / "tagger.mar"), "--out",
+                       str(tmp_path / "x"), "--model-config", str(tmp_path / "bad.yaml")], check=False)
+        assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+
+
 # ---- the handler's answer formatting (no model needed) -------------------------------------------------------------
 def test_format_response_wraps_only_oip_requests():
     from ts.context import Context
@@ -185,7 +316,9 @@ def test_format_response_wraps_only_oip_requests():
     # No id (or TorchServe's gRPC bridge sending ""): TorchServe's request id, so the gRPC answer has one.
     for request_id in (None, "", "  "):
         answer = json.loads(handler.format_response(error, {"body": oip_request(b"img", request_id)}, 1, context))
-        assert answer["id"] == "ts-1" and answer["error"] == error["error"] and oip_tags(answer) == error
+        assert answer["id"] == "ts-1" and oip_tags(answer) == error
+        # The error also in OIP's response parameters: KServe's wrapper keeps those, and drops other fields.
+        assert answer["parameters"] == error and "error" not in answer
     context.request_ids = None
     assert json.loads(handler.format_response(tags, {"data": oip_request(b"img")}, 0, context))["id"] == ""
 
@@ -207,18 +340,22 @@ class BundleServer:
             w.get("status") == "READY" for version in response.json() for w in version.get("workers", []))
 
     def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            if self.process.poll() is not None:
-                break
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # workers run in the frontend's process group: none may outlive it
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        if process.poll() is not None:
+            break
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # TorchServe's workers run in the frontend's process group: none may outlive it
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def start_bundle_server(bundle: Path, workdir: Path) -> BundleServer:
@@ -243,7 +380,8 @@ def start_bundle_server(bundle: Path, workdir: Path) -> BundleServer:
 def servers(model_store, tmp_path_factory):
     """(OIP server with the project's config, server with the KServe bundle's config), started side by side."""
     bundle = tmp_path_factory.mktemp("kserve_bundle")
-    run([PYTHON, "-m", "client.kserve_bundle", "--mar", str(model_store / "tagger.mar"), "--out", str(bundle)])
+    run([PYTHON, "-m", "client.kserve_bundle", "--mar", str(model_store / "tagger.mar"), "--out", str(bundle),
+         "--model-config", str(GPU_MODEL_CONFIG)])  # what `make kserve-bundle` bundles; on the CPU here
     kserve = start_bundle_server(bundle, tmp_path_factory.mktemp("kserve_torchserve"))
     oip = TorchServe(tmp_path_factory.mktemp("oip_torchserve"), model_store,
                      extra_config={"ts_open_inference_protocol": "true"})
@@ -292,10 +430,14 @@ def test_rest_v2_infer_gives_the_tags_of_predictions(servers, sample_images):
         assert tags["tags"] == plain["tags"]
         assert tags["season"]["scores"] == pytest.approx(plain["season"]["scores"], abs=1e-4)
 
+    # A refused photo: HTTP 200 (as through KServe's wrapper, which would turn a 400 into 500), the error JSON as
+    # the element and as the response's parameters.
     bad = requests.post(url, json=oip_request(b"just text"), headers=bearer("inference", server.key_file),
                         timeout=60)
-    assert bad.status_code == 400 and "not a recognised image" in bad.json()["error"]
-    assert oip_tags(bad.json())["reason"] == "not_an_image"
+    assert bad.status_code == 200, bad.text
+    error = oip_tags(bad.json())
+    assert error["reason"] == "not_an_image" and error["code"] == 400 and "not a recognised image" in error["error"]
+    assert bad.json()["parameters"] == error
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         refused = requests.post(url, json=oip_request(sample_images[0]), headers=headers, timeout=30)
         assert refused.status_code in (400, 401) and "Token Authorization failed" in refused.text
@@ -346,23 +488,31 @@ def test_grpc_model_infer_gives_the_tags_of_predictions(servers, sample_images, 
 
 @pytest.mark.server
 def test_plain_and_oip_requests_in_one_burst_keep_their_formats(servers, sample_images):
+    """Plain and OIP requests, good and refused, in one burst (batches mix them): each keeps its own format and
+    status (refused: plain 400, OIP 200 with the error), and the good photos are tagged."""
     server, _ = servers
     headers = bearer("inference", server.key_file)
+    refused = {4: b"not a photo", 9: b"not a photo either"}  # one plain (even), one OIP (odd)
 
-    def send(index: int) -> tuple[int, dict]:
-        image = sample_images[index % 4]
+    def send(index: int) -> tuple[int, tuple[int, dict]]:
+        image = refused.get(index, sample_images[index % 4])
         if index % 2:
-            return index, requests.post(f"{server.inference_url}/v2/models/tagger/infer",
-                                        json=oip_request(image), headers=headers, timeout=60).json()
-        return index, requests.post(f"{server.inference_url}/predictions/tagger", data=image,
-                                    headers=headers, timeout=60).json()
+            response = requests.post(f"{server.inference_url}/v2/models/tagger/infer", json=oip_request(image),
+                                     headers=headers, timeout=60)
+        else:
+            response = requests.post(f"{server.inference_url}/predictions/tagger", data=image, headers=headers,
+                                     timeout=60)
+        return index, (response.status_code, response.json())
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = dict(pool.map(send, range(8)))
+    with ThreadPoolExecutor(10) as pool:
+        answers = dict(pool.map(send, range(10)))
     tags_by_image: dict[int, set] = {}
-    for index, answer in answers.items():
+    for index, (status, answer) in answers.items():
         tags = oip_tags(answer) if index % 2 else answer  # odd: OIP answer, even: plain tag JSON
-        assert set(tags) == GROUPS
+        if index in refused:
+            assert status == (200 if index % 2 else 400) and tags["reason"] == "not_an_image", (index, answer)
+            continue
+        assert status == 200 and set(tags) == GROUPS, (index, answer)
         tags_by_image.setdefault(index % 4, set()).add(tuple(tags["tags"]))
     assert all(len(found) == 1 for found in tags_by_image.values()), tags_by_image
 
@@ -372,18 +522,142 @@ def test_plain_and_oip_requests_in_one_burst_keep_their_formats(servers, sample_
 def test_bundle_config_serves_oip_without_token_from_the_snapshot(servers, sample_images):
     oip_server, kserve = servers
     [described] = requests.get(f"{kserve.url}/models/tagger", timeout=30).json()
-    assert described["modelVersion"] == "1.0" and described["batchSize"] == 8
+    gpu = yaml.safe_load(GPU_MODEL_CONFIG.read_text())
+    assert described["modelVersion"] == "1.0"
+    for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay"):
+        assert described[key] == gpu[key], key  # the GPU pod's settings, from the snapshot
     response = requests.post(f"{kserve.url}/v2/models/tagger/infer", json=oip_request(sample_images[1], "k-1"),
                              timeout=60)
     assert response.status_code == 200, response.text
-    # KServe's wrapper posts the same v2 request to /predictions/tagger: answered in OIP form there too (so the
-    # runtime's kservev2 envelope did not apply).
-    via_wrapper_path = requests.post(f"{kserve.url}/predictions/tagger", json=oip_request(sample_images[1]),
-                                     timeout=60)
-    assert via_wrapper_path.status_code == 200, via_wrapper_path.text
-    assert oip_tags(response.json())["tags"] == oip_tags(via_wrapper_path.json())["tags"] == predictions(
+    # The same OIP body on /predictions/tagger is answered in OIP form too: the runtime's kservev2 envelope,
+    # which would rewrite it, did not apply.
+    via_predictions = requests.post(f"{kserve.url}/predictions/tagger", json=oip_request(sample_images[1]),
+                                    timeout=60)
+    assert via_predictions.status_code == 200, via_predictions.text
+    assert oip_tags(response.json())["tags"] == oip_tags(via_predictions.json())["tags"] == predictions(
         oip_server, sample_images[1])["tags"]
     assert response.json()["id"] == "k-1"
     assert not (kserve.workdir / "key_file.json").exists()  # token authorization is off
     registered = requests.post(f"{kserve.url}/models?url=tagger.mar", timeout=30)
     assert registered.status_code >= 400  # enable_model_api=false
+
+
+# ---- KServe's wrapper (kserve 0.13.0) in front of the bundle's TorchServe, as in the pod -----------------------
+@dataclass
+class Wrapper:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_wrapper(config: Path, workdir: Path, **env: str) -> Wrapper:
+    """tests/kserve_wrapper.py on .venv-kserve, reading TorchServe's addresses from config as the pod's wrapper
+    reads /mnt/models/config/config.properties; listening once its model-load wait has ended."""
+    if not KSERVE_PYTHON.exists():
+        pytest.fail(f"{KSERVE_PYTHON} is missing: `make setup` creates it from requirements-kserve.txt")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    environment = {**os.environ, "PYTHONPATH": "", "CONFIG_PATH": str(config), "PROTOCOL_VERSION": "v2",
+                   "KSERVE_HTTP_PORT": str(port), "KSERVE_GRPC_PORT": str(free_port()), "MODEL_LOAD_DELAY": "1",
+                   **env}
+    log = workdir / "wrapper.log"
+    process = subprocess.Popen([str(KSERVE_PYTHON), str(REPO / "tests" / "kserve_wrapper.py")], cwd=workdir,
+                               env=environment, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    wrapper = Wrapper(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            requests.get(f"{wrapper.url}/v2/health/live", timeout=5)
+            return wrapper
+        except requests.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_process_group(process)
+                raise AssertionError(f"KServe wrapper did not start:\n{wrapper.log_text()[-3000:]}") from None
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def wrapper(servers, tmp_path_factory):
+    _, kserve = servers
+    started = start_wrapper(kserve.workdir / "config.properties", tmp_path_factory.mktemp("kserve_wrapper"))
+    yield started
+    stop_process_group(started.process)
+
+
+@pytest.mark.server
+def test_through_kserves_wrapper_a_refused_photo_is_200_with_the_error(servers, wrapper, sample_images):
+    oip_server, _ = servers
+    url = f"{wrapper.url}/v2/models/tagger/infer"
+    assert requests.get(f"{wrapper.url}/v2/models/tagger/ready", timeout=10).json()["ready"] is True
+    good = requests.post(url, json=oip_request(sample_images[2], "w-1"), timeout=60)
+    assert good.status_code == 200, good.text
+    assert good.json()["id"] == "w-1" and not good.json().get("parameters")
+    assert oip_tags(good.json())["tags"] == predictions(oip_server, sample_images[2])["tags"]
+
+    body = oip_request(b"")
+    body["inputs"][0]["data"] = ["###"]
+    photo = sample_images[0]
+    for request, reason in ((oip_request(b"just text"), "not_an_image"), (body, "bad_base64"),
+                            (oip_request(photo[:len(photo) // 2]), "truncated")):
+        response = requests.post(url, json=request, timeout=60)
+        # Anything but 2xx from TorchServe would be KServe's HTTP 500 "HTTPStatusError : ..." here.
+        assert response.status_code == 200, (reason, response.status_code, response.text[:300])
+        answer = response.json()
+        error = oip_tags(answer)
+        assert error["reason"] == reason and error["code"] == 400 and error["error"], error
+        assert answer["parameters"] == error  # kept by KServe (a top-level "error" field would be dropped)
+
+
+@pytest.mark.server
+def test_through_kserves_wrapper_one_refused_photo_leaves_the_burst_tagged(servers, wrapper, sample_images):
+    oip_server, _ = servers
+    expected = {i: predictions(oip_server, sample_images[i])["tags"] for i in range(4)}
+
+    def send(index: int) -> tuple[int, requests.Response]:
+        image = b"%PDF-1.4 not a photo" if index == 5 else sample_images[index % 4]
+        return index, requests.post(f"{wrapper.url}/v2/models/tagger/infer", json=oip_request(image, f"b-{index}"),
+                                    timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = dict(pool.map(send, range(8)))
+    for index, response in answers.items():
+        assert response.status_code == 200, (index, response.text[:300])
+        assert response.json()["id"] == f"b-{index}"
+        tags = oip_tags(response.json())
+        if index == 5:
+            assert tags["reason"] == "not_an_image"
+        else:
+            assert tags["tags"] == expected[index % 4], index
+
+
+@pytest.mark.server
+def test_kserves_wrapper_turns_a_torchserve_error_status_into_500(wrapper):
+    """Why refused photos are answered 200: the wrapper (kserve 0.13.0's Model._http_predict) raises on any
+    non-2xx answer from TorchServe and KServe answers 500. Here TorchServe refuses a body over max_request_size
+    (20 MiB) with 413, as it would any request; a 5xx tells clients to retry."""
+    photo = os.urandom(16 * 2**20)  # 21.3 MB once in base64
+    response = requests.post(f"{wrapper.url}/v2/models/tagger/infer", json=oip_request(photo), timeout=120)
+    assert response.status_code == 500, response.text[:300]
+    assert response.json()["error"].startswith("HTTPStatusError") and "413" in response.json()["error"]
+
+
+@pytest.mark.server
+def test_kserves_wrapper_gives_up_on_a_model_not_ready_in_time(servers, tmp_path):
+    """MODEL_LOAD_MAX_TRY x MODEL_LOAD_DELAY is all the wrapper waits: after it, the model stays not ready and
+    every request gets 503, however soon TorchServe becomes ready (inferenceservice.yaml raises the wait)."""
+    _, kserve = servers
+    config = tmp_path / "config.properties"
+    config.write_text(derive_config({"management_address": f"http://127.0.0.1:{free_port()}"},  # nothing there
+                                    source=kserve.workdir / "config.properties"))
+    late = start_wrapper(config, tmp_path / "wrapper", MODEL_LOAD_MAX_TRY="2")
+    try:
+        assert "2 of 2 tries" in late.log_text() and "NOT ready" in late.log_text()
+        ready = requests.get(f"{late.url}/v2/models/tagger/ready", timeout=10)
+        infer = requests.post(f"{late.url}/v2/models/tagger/infer", json=oip_request(b"x"), timeout=30)
+        assert ready.status_code == infer.status_code == 503, (ready.text, infer.text)
+    finally:
+        stop_process_group(late.process)

@@ -229,3 +229,28 @@ def test_objects_change_the_picture():
         without = _render(_labels(season="unknown"), seed)
         with_sherp = _render(_labels(season="unknown", objects=["sherp"]), seed)
         assert np.abs(without - with_sherp).mean() > 2.0, seed
+
+
+# ---- object boxes (the sidecar the evaluation's size breakdown reads) ----------------------------------------
+def test_boxes_come_with_the_same_pixels_and_one_box_per_drawn_object():
+    labels = _labels(tod="day", season="winter", terrain="forest", objects=["drone", "dog_handler", "sherp"])
+    image, boxes = synth.render_scene_with_boxes(labels, 600, 300, seed=9)
+    assert np.array_equal(np.asarray(image), np.asarray(synth.render_scene(labels, 600, 300, 9)))
+    assert sorted(b["object"] for b in boxes) == ["dog_handler", "drone", "sherp"]
+    for item in boxes:
+        x0, y0, x1, y1 = item["box"]
+        assert 0 <= x0 <= x1 <= 600 and 0 <= y0 <= y1 <= 300, item
+        low, high = (0.06, 0.16) if item["object"] == "drone" else (0.10, 0.35)
+        assert low <= item["size"] <= high, item  # the generator's size ranges, as a share of the short side
+
+
+def test_dataset_writes_a_boxes_sidecar_that_the_csv_reader_ignores(tmp_path):
+    csv_path = synth.generate_dataset(tmp_path, count=8, seed=4, max_size=400, workers=1)
+    boxes = synth.read_object_boxes(csv_path)
+    rows = _read_csv(csv_path)[1:]
+    assert sorted(boxes) == sorted(r[0] for r in rows)
+    objects = [g for g in TAXONOMY.groups if g.kind == MULTI][0].class_ids
+    for row in rows:
+        drawn = sorted({b["object"] for b in boxes[row[0]]})
+        assert drawn == sorted(c for c, v in zip(objects, row[4:]) if v == "1"), row
+    assert synth.read_object_boxes(tmp_path / "elsewhere" / "labels.csv") == {}

@@ -70,3 +70,30 @@ def test_out_of_range_label_stops_training_with_row_and_column(tiny_dataset, tmp
     assert result.returncode == 2
     assert "error: " in result.stderr and "line 4, column 'Время года'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_init_from_warm_starts_and_every_epoch_scores_the_held_out_set(tiny_dataset, tiny_run, tmp_path):
+    """--init-from takes an earlier run's weights; with --test-data each epoch adds a learning-curve point."""
+    out = tmp_path / "warm"
+    result = run([sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--test-data",
+                  str(tiny_dataset), "--init-from", str(tiny_run / "model.pt"), "--epochs", "2", "--batch-size", "8",
+                  "--image-size", "64", "--resize", "letterbox", "--lr", "0", "--val-fraction", "0.25",
+                  "--workers", "0", "--output-dir", str(out)])
+    assert f"initial weights from {tiny_run / 'model.pt'}" in result.stdout
+    warm = torch.load(out / "model.pt", weights_only=True)["model"]
+    start = torch.load(tiny_run / "model.pt", weights_only=True)["model"]
+    # learning rate 0: the convolution weights are still the earlier run's (batch-norm statistics still move)
+    assert torch.equal(warm["backbone.conv1.weight"], start["backbone.conv1.weight"])
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["images_seen"] for h in history] == [18, 36]
+    for point in history:
+        assert {"mean_object_f1", "time_of_day", "objects.dog_handler"} <= set(point["test"])
+        assert point["train_minutes"] > 0
+
+
+def test_init_from_a_different_model_is_refused(tiny_dataset, tiny_run, tmp_path):
+    result = run([sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--init-from",
+                  str(tiny_run / "model.pt"), "--arch", "resnet18", "--epochs", "1", "--workers", "0",
+                  "--output-dir", str(tmp_path / "run")], check=False)
+    assert result.returncode != 0
+    assert "its model is resnet34" in result.stderr and "this run trains resnet18" in result.stderr

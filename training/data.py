@@ -33,21 +33,21 @@ def encode_targets(labels: dict, taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
     return targets
 
 
-def load_image_tensor(path: Path, image_size: int) -> torch.Tensor:
+def load_image_tensor(path: Path, image_size: int, resize: str = "squash") -> torch.Tensor:
     """Image file -> uint8 [3, image_size, image_size], exactly as the handler prepares a request."""
-    return load_image(path.read_bytes(), image_size)
+    return load_image(path.read_bytes(), image_size, resize=resize)
 
 
 class _DecodeFiles(Dataset):
-    def __init__(self, paths: list[Path], image_size: int):
-        self.paths, self.image_size = paths, image_size
+    def __init__(self, paths: list[Path], image_size: int, resize: str):
+        self.paths, self.image_size, self.resize = paths, image_size, resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return index, load_image_tensor(self.paths[index], self.image_size), None
+            return index, load_image_tensor(self.paths[index], self.image_size, self.resize), None
         except (ImageDecodeError, OSError) as exc:
             return index, None, str(exc)
 
@@ -72,7 +72,8 @@ class InMemoryDataset:
 
 
 def load_labeled_folder(csv_path: str | Path, image_dir: str | Path | None, taxonomy: Taxonomy,
-                        image_size: int, workers: int = 2, limit: int | None = None) -> InMemoryDataset:
+                        image_size: int, workers: int = 2, limit: int | None = None,
+                        resize: str = "squash") -> InMemoryDataset:
     """Read the CSV, decode every listed image; missing and unreadable files are reported by name and skipped."""
     csv_path = Path(csv_path)
     image_dir = Path(image_dir) if image_dir else csv_path.parent / "images"
@@ -85,7 +86,7 @@ def load_labeled_folder(csv_path: str | Path, image_dir: str | Path | None, taxo
         else:
             skipped[row.filename] = f"missing file (CSV line {row.line})"
     decoded: dict[int, torch.Tensor] = {}
-    loader = DataLoader(_DecodeFiles([image_dir / r.filename for r in present], image_size), batch_size=16,
+    loader = DataLoader(_DecodeFiles([image_dir / r.filename for r in present], image_size, resize), batch_size=16,
                         num_workers=workers, collate_fn=_keep_as_list)
     for batch in loader:
         for index, tensor, error in batch:

@@ -35,7 +35,9 @@ from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyE
 from training import report
 from training.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
 from training.metrics import f1_score, single_choice_metrics
+from training.object_sizes import breakdown_by_size, format_breakdown, object_sizes
 from training.report import threshold_text
+from training.synth import read_object_boxes
 
 IN_PROCESS_VERSION = "checkpoint"  # model_version written into in-process answers
 
@@ -81,7 +83,7 @@ def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxono
 
     def prepare(row: LabeledImage) -> torch.Tensor | str:
         try:
-            return load_image((image_dir / row.filename).read_bytes(), image_size, max_pixels)
+            return load_image((image_dir / row.filename).read_bytes(), image_size, max_pixels, model.config.resize)
         except (ImageDecodeError, OSError) as exc:
             return str(exc)
 
@@ -324,6 +326,12 @@ def summarise(ev: Evaluation, worst_count: int = 12) -> dict:
         for k, cls in enumerate(group.classes):
             curves[cls.id] = pr_curve(truth[:, k], scores[:, k])
     implied = implied_thresholds(ev.rows, ev.answers, ev.taxonomy)
+    boxes = read_object_boxes(ev.data)
+    by_size = {}
+    for group in ev.taxonomy.multi_groups if boxes else ():
+        truth, pred, _ = parts[group.name]
+        sizes = object_sizes([r.filename for r in ev.rows], group.class_ids, boxes)
+        by_size[group.name] = breakdown_by_size(truth, pred, sizes, group.class_ids)
     return {
         "source": ev.source,
         "data": {"csv": str(ev.data), "images": str(ev.image_dir)},
@@ -342,6 +350,7 @@ def summarise(ev: Evaluation, worst_count: int = 12) -> dict:
         "ranking": {cls: {"average_precision": c["average_precision"], "positives": c["positives"]}
                     for cls, c in curves.items()},
         "pr_curves": curves,
+        "by_object_size": by_size,
         "worst_images": worst_images(ev.rows, ev.answers, ev.taxonomy, worst_count),
     }
 
@@ -364,6 +373,8 @@ def format_summary(result: dict, taxonomy: Taxonomy) -> str:
                          f"{m[g.name]['recall'][cls]:>8.3f}{m[g.name]['f1'][cls]:>7.3f}"
                          f"{result['ranking'][cls]['average_precision']:>7.3f}")
     lines.append(f"  mean object F1 (headline): {m['mean_object_f1']:.4f}")
+    for breakdown in result.get("by_object_size", {}).values():
+        lines += format_breakdown(breakdown)
     return "\n".join(lines)
 
 

@@ -215,8 +215,9 @@ def write_report_md(result: dict, taxonomy: Taxonomy, figures: dict[str, Path], 
     lines += [f"| **mean** | | | | **{m['mean_object_f1']:.4f}** | | | |", "",
               f"![Precision-recall curves]({Path(figures['pr']).name})", "",
               "Precision-recall curves from the object scores; the red point is the operating point of the "
-              "threshold in use (the precision and recall in the table).", "",
-              "## Worst-classified images", "",
+              "threshold in use (the precision and recall in the table).", ""]
+    lines += _size_breakdown_lines(result.get("by_object_size", {}))
+    lines += ["## Worst-classified images", "",
               f"![Worst-classified images]({Path(figures['worst']).name})", "",
               "| # | file | wrong | what | mean true-class probability |", "|---|---|---|---|---|"]
     for k, item in enumerate(result["worst_images"], 1):
@@ -233,11 +234,36 @@ def write_report_md(result: dict, taxonomy: Taxonomy, figures: dict[str, Path], 
     return path
 
 
+def _size_breakdown_lines(by_size: dict) -> list[str]:
+    """report.md's table of recall and F1 per object and size bucket (only where the data has object boxes)."""
+    if not by_size:
+        return []
+    lines = ["## Objects by size", "",
+             "Size of the object as a share of the photo's short side (from the generator's box sidecar). Each "
+             "cell is recall / F1, the F1 taken over the photos without the object plus those showing it at that "
+             "size; the number of photos showing it at that size is in brackets.", ""]
+    for group, buckets in by_size.items():
+        names = list(buckets)
+        lines += ["| object | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        objects = list(next(iter(buckets.values()))["objects"])
+
+        def cell(part: dict) -> str:
+            if part["recall"] is None:
+                return "–"
+            return f"{part['recall']:.2f} / {part['f1']:.2f} ({part['positives']})"
+        for cls in objects:
+            lines.append(f"| {cls} | " + " | ".join(cell(buckets[b]["objects"][cls]) for b in names) + " |")
+        lines.append(f"| **all {group}** | " + " | ".join(cell(buckets[b]) for b in names) + " |")
+        lines.append("")
+    return lines
+
+
 # ---- training curves ------------------------------------------------------------------------------------------
 def write_training_curves(history: list[dict], out_dir: str | Path, name: str = "curves.png") -> Path | None:
     """Loss and per-epoch validation metrics (macro-F1 per single-choice head, mean object F1) of a training run.
 
-    `history` is train.py's list of {"epoch", "train_loss", "val": evaluate_logits output, "score", "seconds"}.
+    `history` is train.py's list of {"epoch", "train_loss", "val": evaluate_logits output, "score", "seconds"} and,
+    where the run had --test-data, "test" (the held-out learning-curve point) drawn too.
     Writes OUT_DIR/curves.png and returns its path; None (and a warning, never an exception that would fail a
     finished training run) when there is nothing to draw or drawing fails.
     """
@@ -268,6 +294,9 @@ def _draw_training_curves(history: list[dict], path: Path) -> Path:
                         label=f"{head} macro-F1")
         ax_val.plot(epochs, [v.get("mean_object_f1", np.nan) for v in vals], marker="s", lw=2.2, color="black",
                     label="mean object F1 (headline)")
+        if any("test" in h for h in history):  # the learning curve: held out, thresholds tuned on validation
+            ax_val.plot(epochs, [h.get("test", {}).get("mean_object_f1", np.nan) for h in history], marker="D",
+                        lw=2.2, ls="-.", color=HIGHLIGHT, label="held-out mean object F1")
         if all("score" in h for h in history):
             best = max(history, key=lambda h: h["score"])
             ax_val.plot(epochs, [h["score"] for h in history], ls="--", color="grey", label="selection score")

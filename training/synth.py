@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -44,6 +45,9 @@ SEED_STRIDE = 1_000_003  # per-image stream: random.Random(seed * SEED_STRIDE + 
 WORK_LONG_SIDE = 768  # scenes are drawn at most this large and upscaled: big images cost little more
 FILENAME_PATTERN = "scene_{index:06d}"
 CSV_NAME = "labels.csv"
+# Where each drawn object is, beside the labels (the CSV reader never opens it): for the evaluation's breakdown by
+# object size.
+BOXES_NAME = "object_boxes.jsonl"
 IMAGE_DIR = "images"
 JPEG_QUALITY = (60, 95)
 PNG_COMPRESS_LEVEL = 1  # noisy images barely compress; higher levels cost time for ~2 % smaller files
@@ -568,6 +572,7 @@ class _Scene:
         self.lights: list[tuple] = []  # emissive things, drawn after the scene light is applied
         self.nav_lights: list[tuple[float, float]] = []
         self.bare: str | None = None  # which season-less surface the ground is, if any
+        self.placed: list[tuple[str, tuple, float]] = []  # (object, box at working size, size / short side)
         self._choose_view()
 
     # ---- layout --------------------------------------------------------------------------------------------
@@ -830,17 +835,19 @@ class _Scene:
         for name in self.objects:
             if name in ground:
                 paint, lo, hi, height_frac = ground[name]
-                self._place(lambda: self._ground_spot(lo, hi), height_frac, 0.0, paint)
+                self._place(name, lambda: self._ground_spot(lo, hi), height_frac, 0.0, paint)
             elif name == "aviation":
-                self._place(lambda: self._air_spot(0.14, 0.35, 0.2), 0.5, 0.2,
+                self._place(name, lambda: self._air_spot(0.14, 0.35, 0.2), 0.5, 0.2,
                             lambda pen, r: (draw_helicopter if r.random() < 0.5 else draw_airplane)(pen, r, nav),
                             tilt=0.25)
             else:  # drone
-                self._place(lambda: self._air_spot(0.06, 0.16, 0.3, low_share=0.3), 0.6, 0.3,
+                self._place(name, lambda: self._air_spot(0.06, 0.16, 0.3, low_share=0.3), 0.6, 0.3,
                             lambda pen, r: draw_drone(pen, r, nav), tilt=0.3)
 
-    def _place(self, spot: Callable[[], tuple], height_frac: float, lift: float, paint, tilt: float = 0.0) -> None:
-        """Find a spot where the object neither hides nor is hidden by another object, then queue it.
+    def _place(self, name: str, spot: Callable[[], tuple], height_frac: float, lift: float, paint,
+               tilt: float = 0.0) -> None:
+        """Find a spot where the object neither hides nor is hidden by another object, then queue it, and note
+        its box for the sidecar.
 
         `lift` puts the pen origin that many sizes above `base` (flying things are drawn around their centre).
         """
@@ -849,6 +856,7 @@ class _Scene:
             box = (x - size / 2, base - size * height_frac, x + size / 2, base)
             if not any(_covers(box, s.box) or _covers(s.box, box) for s in self.sprites if s.is_object):
                 break
+        self.placed.append((name, box, size / self.short))
         r = self._sub_rng()
         angle = r.uniform(-tilt, tilt) if airborne else 0.0
         y = base - lift * size
@@ -1099,6 +1107,13 @@ def render_scene(labels: dict, width: int, height: int, seed: int) -> Image.Imag
 
     The same labels, size and seed always give the same pixels.
     """
+    return render_scene_with_boxes(labels, width, height, seed)[0]
+
+
+def render_scene_with_boxes(labels: dict, width: int, height: int, seed: int) -> tuple[Image.Image, list[dict]]:
+    """`render_scene`, plus one record per drawn object: {"object", "box": [x0, y0, x1, y1] in the image's pixels
+    (clipped to it; the drawn shape's extent, approximately), "size": the object's size as a share of the short
+    side}. Computing the boxes draws nothing more and takes no random numbers: the pixels are the same."""
     if width < 16 or height < 16:
         raise ValueError(f"image too small: {width}x{height}")
     seed = int(seed) & (2 ** 63 - 1)
@@ -1106,8 +1121,15 @@ def render_scene(labels: dict, width: int, height: int, seed: int) -> Image.Imag
     nrng = np.random.default_rng(seed)
     scale = min(1.0, WORK_LONG_SIDE / max(width, height))
     ww, wh = max(16, round(width * scale)), max(16, round(height * scale))
-    img = _Scene(labels, ww, wh, rng, nrng).render()
-    return _finish(img, labels.get("time_of_day", UNKNOWN), width, height, rng)
+    scene = _Scene(labels, ww, wh, rng, nrng)
+    img = scene.render()
+    sx, sy = width / ww, height / wh
+    boxes = [{"object": name,
+              "box": [round(_clamp(x0 * sx, 0, width)), round(_clamp(y0 * sy, 0, height)),
+                      round(_clamp(x1 * sx, 0, width)), round(_clamp(y1 * sy, 0, height))],
+              "size": round(size, 4)}
+             for name, (x0, y0, x1, y1), size in scene.placed]
+    return _finish(img, labels.get("time_of_day", UNKNOWN), width, height, rng), boxes
 
 
 def render_jpegs(width: int, height: int, count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
@@ -1137,14 +1159,14 @@ def _plan(index: int, seed: int, taxonomy: Taxonomy, min_size: int, max_size: in
     return filename, labels, width, height, png, quality, render_seed
 
 
-def _render_job(job: tuple) -> str:
+def _render_job(job: tuple) -> list[dict]:
     path, labels, width, height, png, quality, render_seed = job
-    img = render_scene(labels, width, height, render_seed)
+    img, boxes = render_scene_with_boxes(labels, width, height, render_seed)
     if png:
         img.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
         img.save(path, format="JPEG", quality=quality)
-    return path
+    return boxes
 
 
 def _check_drawable(taxonomy: Taxonomy) -> None:
@@ -1178,18 +1200,35 @@ def generate_dataset(out_dir, count: int, seed: int = 0, min_size: int = 320, ma
     jobs = [(str(image_dir / p[0]),) + p[1:] for p in plans]
     workers = workers or min(4, os.cpu_count() or 1)
     if workers <= 1 or count < 4:
-        for job in jobs:
-            _render_job(job)
+        boxes = [_render_job(job) for job in jobs]
     else:
         # forkserver/spawn rather than fork: the caller may be a multi-threaded trainer (torch) process
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         with ctx.Pool(min(workers, count)) as pool:
-            for _ in pool.imap(_render_job, jobs, chunksize=max(1, min(16, count // (workers * 8)))):
-                pass
+            boxes = list(pool.imap(_render_job, jobs, chunksize=max(1, min(16, count // (workers * 8)))))
     csv_path = out_dir / CSV_NAME
     write_labels_csv(csv_path, ((filename, labels) for filename, labels, *_ in plans), taxonomy)
+    _write_boxes(out_dir / BOXES_NAME, ((p[0], p[2], p[3], b) for p, b in zip(plans, boxes)))
     return csv_path
+
+
+def _write_boxes(path: Path, rows) -> None:
+    """The sidecar: one JSON line per image, {"filename", "width", "height", "objects": [...]}."""
+    with open(path, "w", encoding="utf-8") as out:
+        for filename, width, height, objects in rows:
+            out.write(json.dumps({"filename": filename, "width": width, "height": height, "objects": objects}) + "\n")
+
+
+def read_object_boxes(csv_path: str | Path) -> dict[str, list[dict]]:
+    """The sidecar next to a labels CSV, as {filename: [{"object", "box", "size"}, ...]}; {} where there is none
+    (real photos have no boxes)."""
+    path = Path(csv_path).parent / BOXES_NAME
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+    return {row["filename"]: row["objects"] for row in rows}
 
 
 def summarize(csv_path: Path, taxonomy: Taxonomy) -> str:

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from phototag.checkpoint import save_checkpoint
-from phototag.model import BACKBONES, PretrainedWeightsUnavailable, build_model
+from phototag.checkpoint import read_checkpoint, save_checkpoint
+from phototag.model import BACKBONES, POOLINGS, ModelConfig, PretrainedWeightsUnavailable, build_model
 from phototag.inference import PRECISIONS, Runtime, to_model_input
-from phototag.preprocessing import IMAGE_SIZE
+from phototag.preprocessing import IMAGE_SIZE, RESIZE_MODES
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
 from training.data import InMemoryDataset, load_labeled_folder
 from training.labels_csv import LabelCsvError
@@ -56,12 +56,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=0.2, help="dropout before each head")
     model.add_argument("--image-size", type=int, default=IMAGE_SIZE,
                        help="square model input side; stored in the checkpoint so serving resizes the same way")
+    model.add_argument("--resize", default="squash", choices=RESIZE_MODES,
+                       help="how a photo becomes the square input: squash stretches the whole frame (an object keeps "
+                            "its full size along one axis), letterbox keeps the aspect ratio and pads; stored in the "
+                            "checkpoint")
+    model.add_argument("--object-pooling", default="avg", choices=POOLINGS,
+                       help="pooling of the last feature map for the yes/no object heads (the single-choice heads "
+                            "always average); gem = generalised mean with a learned exponent (docs/model.md)")
+    model.add_argument("--init-from", type=Path, metavar="CHECKPOINT",
+                       help="start from an earlier run's model.pt (same arch and heads): a short run warm-starts a "
+                            "longer one, corrections fine-tune a served model")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=10, help="passes over the training split")
     optim.add_argument("-b", "--batch-size", type=int, default=32, help="images per optimisation step")
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (one-cycle schedule)")
-    optim.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    optim.add_argument("--opt", default="sgd", choices=["sgd", "adam"],
+                       help="optimiser: SGD with Nesterov momentum, or Adam")
+    optim.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
+    optim.add_argument("--weight-decay", type=float, default=5e-5,
+                       help="L2 weight decay (not on batch-norm and bias parameters)")
+    optim.add_argument("--warmup", type=float, default=0.15,
+                       help="share of the steps spent raising the learning rate to its peak (one-cycle pct_start)")
     optim.add_argument("--seed", type=int, default=0, help="seed of the train/val split, init and shuffling")
     optim.add_argument("-j", "--workers", type=int, default=2, help="processes decoding images before training")
     optim.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
@@ -147,6 +163,48 @@ def _selection_score(metrics: dict, taxonomy: Taxonomy) -> float:
     return float(np.mean(parts))
 
 
+def _build(args, taxonomy: Taxonomy, weights: str = "none"):
+    return build_model(taxonomy, weights=weights, arch=args.arch, dropout=args.dropout, image_size=args.image_size,
+                       resize=args.resize, object_pooling=args.object_pooling)
+
+
+def _load_initial_weights(model, path: Path) -> None:
+    """--init-from: every weight of an earlier checkpoint with the same backbone and heads. The object pooling may
+    differ (GeM's exponent then starts fresh); input size and resize come from this run's flags."""
+    payload = read_checkpoint(path)
+    old = ModelConfig.from_dict(payload["model_config"])
+    if old.arch != model.config.arch or old.head_sizes != model.config.head_sizes:
+        raise SystemExit(f"--init-from {path}: its model is {old.arch} with heads {old.head_sizes}, this run trains "
+                         f"{model.config.arch} with heads {model.config.head_sizes}")
+    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+    stray = [k for k in missing + unexpected if not k.startswith("object_pool.")]
+    if stray:
+        raise SystemExit(f"--init-from {path}: weights do not fit this model: {stray[:5]}")
+    log.info("initial weights from %s (epoch %s, %s, %d px, object pooling %s)", path, payload.get("epoch"),
+             old.resize, old.image_size, old.object_pooling)
+
+
+def _optimizer(model, args) -> torch.optim.Optimizer:
+    """Weight decay on the conv and linear weights only: decaying batch-norm scales and biases only slows the
+    fit (the usual recipe of torchvision's reference scripts, --norm-weight-decay 0)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.opt == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    return torch.optim.Adam(groups, lr=args.lr)
+
+
+def _curve_point(metrics: dict, taxonomy: Taxonomy) -> dict:
+    """The learning curve's held-out figures of one epoch: mean object F1, each object's F1, each head's macro-F1."""
+    point = {"mean_object_f1": metrics["mean_object_f1"]}
+    point.update({g.name: metrics[g.name]["macro_f1"] for g in taxonomy.single_groups})
+    for group in taxonomy.groups:
+        if group.kind != SINGLE:
+            point.update({f"{group.name}.{cls}": f1 for cls, f1 in metrics[group.name]["f1"].items()})
+    return point
+
+
 def _split(data: InMemoryDataset, val_fraction: float, seed: int) -> tuple[InMemoryDataset, InMemoryDataset]:
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(round(len(data) * val_fraction)))
@@ -182,7 +240,8 @@ def main(args) -> dict:
     log.info("running on %s, %d torch threads", runtime.describe(), torch.get_num_threads())
 
     started = time.time()
-    pool = load_labeled_folder(args.data, args.images, taxonomy, args.image_size, args.workers, args.limit)
+    pool = load_labeled_folder(args.data, args.images, taxonomy, args.image_size, args.workers, args.limit,
+                               resize=args.resize)
     train_data, val_data = _split(pool, args.val_fraction, args.seed)
     log.info("loaded %d images (%d skipped) in %.0f s: %d train, %d val", len(pool), len(pool.skipped),
              time.time() - started, len(train_data), len(val_data))
@@ -190,20 +249,31 @@ def main(args) -> dict:
     baseline = majority_baseline(_numpy_targets(train_data), val_targets, taxonomy)
     log.info("majority-class baseline on val:\n%s", format_metrics(baseline, taxonomy))
 
-    model = build_model(taxonomy, weights=args.weights, arch=args.arch, dropout=args.dropout,
-                        image_size=args.image_size).to(runtime.device)
+    model = _build(args, taxonomy, args.weights)
+    if args.init_from:
+        _load_initial_weights(model, args.init_from)
+    model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = MultiHeadLoss(taxonomy)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = _optimizer(model, args)
     steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=0.2)
+                                                    steps_per_epoch=steps_per_epoch, pct_start=args.warmup,
+                                                    cycle_momentum=args.opt == "sgd",
+                                                    base_momentum=0.85 * args.momentum, max_momentum=args.momentum)
     generator = torch.Generator().manual_seed(args.seed)
+
+    test_data = test_targets = None
+    if args.test_data:  # held out, never used for a choice: scored after every epoch for the learning curve
+        test_data = load_labeled_folder(args.test_data, args.test_images, taxonomy, args.image_size, args.workers,
+                                        resize=args.resize)
+        test_targets = _numpy_targets(test_data)
 
     history, best = [], None
     summary = {"val_baseline": baseline, "train_images": len(train_data), "val_images": len(val_data),
                "skipped": pool.skipped, "runtime": runtime.describe()}
+    train_started = time.time()
     for epoch in range(1, args.epochs + 1):
         epoch_start = time.time()
         train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_data, runtime, epoch, args,
@@ -211,14 +281,21 @@ def main(args) -> dict:
         val_logits = evaluate(model, val_data, runtime, args)
         metrics = evaluate_logits(val_logits, val_targets, taxonomy)
         score = _selection_score(metrics, taxonomy)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val": metrics, "score": score,
-                        "seconds": round(time.time() - epoch_start, 1)})
-        log.info("epoch %d/%d  loss %.4f  val score %.4f  (%.0f s)\n%s", epoch, args.epochs, train_loss, score,
-                 time.time() - epoch_start, format_metrics(metrics, taxonomy))
+        thresholds = tune_thresholds(val_logits, val_targets, taxonomy)
+        trained_taxonomy = taxonomy.with_thresholds(thresholds)
+        record = {"epoch": epoch, "train_loss": train_loss, "val": metrics, "score": score,
+                  "seconds": round(time.time() - epoch_start, 1), "images_seen": epoch * len(train_data),
+                  "train_minutes": round((time.time() - train_started) / 60, 2)}
+        if test_data is not None:
+            test_metrics = evaluate_logits(evaluate(model, test_data, runtime, args), test_targets, trained_taxonomy)
+            record["test"] = _curve_point(test_metrics, taxonomy)
+        history.append(record)
+        log.info("epoch %d/%d  loss %.4f  val score %.4f  (%.0f s)%s\n%s", epoch, args.epochs, train_loss, score,
+                 time.time() - epoch_start,
+                 f"  held-out mean object F1 {record['test']['mean_object_f1']:.3f}" if "test" in record else "",
+                 format_metrics(metrics, taxonomy))
         if best is None or score > best["score"]:
             # Saved at once, so an interrupted long run still leaves its best model behind, ready to archive.
-            thresholds = tune_thresholds(val_logits, val_targets, taxonomy)
-            trained_taxonomy = taxonomy.with_thresholds(thresholds)
             best = {"epoch": epoch, "score": score, "taxonomy": trained_taxonomy,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             summary.update(best_epoch=epoch, thresholds=thresholds,
@@ -229,9 +306,7 @@ def main(args) -> dict:
 
     model.load_state_dict(best["state"])
     log.info("best epoch %d, val with tuned thresholds:\n%s", best["epoch"], format_metrics(summary["val"], taxonomy))
-    if args.test_data:
-        test_data = load_labeled_folder(args.test_data, args.test_images, taxonomy, args.image_size, args.workers)
-        test_targets = _numpy_targets(test_data)
+    if test_data is not None:
         summary["test"] = evaluate_logits(evaluate(model, test_data, runtime, args), test_targets, best["taxonomy"])
         summary["test_baseline"] = majority_baseline(_numpy_targets(train_data), test_targets, taxonomy)
         summary["test_images"] = len(test_data)
@@ -250,7 +325,7 @@ def _write_json(path: Path, data: dict) -> None:
 def _save_run(args, model, taxonomy: Taxonomy, summary: dict) -> None:
     """model.pt (weights + config + taxonomy + args), taxonomy.json beside it, args.json."""
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    export = build_model(taxonomy, arch=args.arch, dropout=args.dropout, image_size=args.image_size)
+    export = _build(args, taxonomy)
     export.load_state_dict(cpu_state)  # a plain CPU, contiguous-format copy: the training model stays as it is
     save_checkpoint(args.output_dir / "model.pt", export, taxonomy, args=_jsonable_args(args),
                     epoch=summary["best_epoch"], metrics=summary["val"])
