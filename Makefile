@@ -22,11 +22,11 @@ STAGE := $(BUILD)/archive-$(VERSION)
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 1200
 DEMO_HOLDOUT_IMAGES ?= 300
-DEMO_TRAIN_ARGS ?= --epochs 4 --batch-size 32 --image-size 128
-# Full run: the README's quality targets (GPU, or a long CPU run).
+DEMO_TRAIN_ARGS ?= --epochs 5 --batch-size 32 --image-size 128 --opt adam --lr 2e-3
+# Full run: the README's quality targets, sized for a GPU: ~1M photos seen at 256 px (docs/model.md).
 FULL_DATA := data/full
 FULL_TRAIN_IMAGES ?= 12000
-FULL_TRAIN_ARGS ?= --epochs 20 --batch-size 64 --lr 1e-3
+FULL_TRAIN_ARGS ?= --epochs 80 --batch-size 128 --lr 0.1
 
 .PHONY: help setup demo test train-demo train-cpu train-full archive serve stop rotate-keys clean
 

@@ -90,7 +90,8 @@ def test_preprocess_and_inference_shapes(handler, sample_images):
     assert isinstance(prepared[1], dict)
     logits = handler.inference(batch)
     assert logits.shape == (1, handler.taxonomy.num_logits)
-    expected = resize_to_tensor(Image.open(io.BytesIO(sample_images[0])).convert("RGB"), 64)
+    assert handler.model.config.resize == "letterbox"  # the tiny run's: not the default, so this checks the handler
+    expected = resize_to_tensor(Image.open(io.BytesIO(sample_images[0])).convert("RGB"), 64, "letterbox")
     assert batch[0].float().sub(expected.float()).abs().mean() < 2.0  # the training-time path, same pixels
 
 

@@ -34,7 +34,8 @@ def test_handler_settings_resolve_to_a_runtime():
 def test_bf16_and_channels_last_keep_the_answers(tiny_run, sample_images):
     from phototag.inference import load_image
 
-    batch = torch.stack([load_image(b, 64) for b in sample_images[:6]])
+    resize = load_model(tiny_run / "model.pt")[0].config.resize
+    batch = torch.stack([load_image(b, 64, resize=resize) for b in sample_images[:6]])
     answers = {}
     for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
         model, _, _ = load_model(tiny_run / "model.pt")
@@ -42,8 +43,10 @@ def test_bf16_and_channels_last_keep_the_answers(tiny_run, sample_images):
         answers[precision, channels_last] = predict_logits(prepare_model(model, runtime), batch, runtime)
     reference = answers["fp32", False]
     assert torch.allclose(answers["fp32", True], reference, atol=1e-4)
-    # bf16 keeps 8 bits of mantissa: logits move by a few hundredths, not more.
-    assert (answers["bf16", True] - reference).abs().max() < 0.25
+    # bf16 keeps 8 bits of mantissa: logits move by about 1 % of their scale, not more. (An untrained model's
+    # logits can be tens in eval mode, so the bound scales with them.)
+    scale = reference.abs().max().clamp(min=1.0)
+    assert (answers["bf16", True] - reference).abs().max() < 0.02 * scale
 
 
 def test_batch_buckets():

@@ -185,8 +185,9 @@ def _load_initial_weights(model, path: Path) -> None:
 
 
 def _optimizer(model, args) -> torch.optim.Optimizer:
-    """Weight decay on the conv and linear weights only: decaying batch-norm scales and biases only slows the
-    fit (the usual recipe of torchvision's reference scripts, --norm-weight-decay 0)."""
+    """Weight decay on the conv and linear weights only: decaying batch-norm scales and biases restrains no
+    capacity worth restraining and slows an underfitting run (torchvision's reference scripts offer the same
+    split as --norm-weight-decay / --bias-weight-decay)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
