@@ -1,9 +1,8 @@
 """The serving path from image bytes to logits, shared by the handler, training and in-process evaluation.
 
 Decode (JPEG in draft mode) → one resize to the model's input size, squashed or letterboxed as the model was
-trained (uint8 [3, S, S]) → stack → normalise on the
-device → one forward pass (bf16 autocast and channels_last where the hardware runs them faster) → float32 logits
-on the CPU.
+trained (uint8 [3, S, S]) → stack → normalise on the device → one forward pass (bf16 autocast and channels_last
+where the hardware runs them faster) → float32 logits on the CPU.
 """
 from __future__ import annotations
 

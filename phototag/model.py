@@ -3,7 +3,8 @@
 The single-choice heads (time of day, season, terrain) read the average of the last feature map: they are about
 the whole frame. The yes/no object heads may read another pooling of the same map (`ModelConfig.object_pooling`):
 an object covers a cell or two of the 4×4 map at 128 px, and averaging dilutes its evidence sixteenfold, while
-generalised-mean (GeM) pooling keeps a small, strong response. The heads' outputs are concatenated in taxonomy
+max or generalised-mean (GeM) pooling keeps a small, strong response. Average stays the default: at the budgets
+measured so far the sharper poolings learned no faster (docs/model.md). The heads' outputs are concatenated in taxonomy
 order into one logit vector, so the model's output layout is exactly the taxonomy's logit layout (see
 `Taxonomy.check_model_outputs`).
 """
@@ -119,6 +120,7 @@ class MultiHeadTagger(nn.Module):
         backbone.fc = nn.Identity()  # forward() pools the last feature map itself; no parameters are dropped
         self.backbone = backbone
         self.object_pool = _pooling(config.object_pooling)
+        self.object_head_names = frozenset(config.object_heads)
         self.heads = nn.ModuleDict(
             {name: nn.Sequential(nn.Dropout(config.dropout), nn.Linear(feature_dim, size))
              for name, size in config.head_sizes.items()}
@@ -136,9 +138,8 @@ class MultiHeadTagger(nn.Module):
         fmap = self.feature_map(images)
         average = fmap.mean(dim=(2, 3))
         pooled = average if self.object_pool is None else torch.flatten(self.object_pool(fmap), 1).to(average.dtype)
-        object_heads = set(self.config.object_heads)
-        return torch.cat([head(pooled if name in object_heads else average) for name, head in self.heads.items()],
-                         dim=1)
+        return torch.cat([head(pooled if name in self.object_head_names else average)
+                          for name, head in self.heads.items()], dim=1)
 
 
 def build_model(taxonomy: Taxonomy, weights: str = "none", **config_kwargs) -> MultiHeadTagger:
