@@ -95,7 +95,8 @@ def test_in_process_metrics_match_the_training_code(local_report, tiny_dataset, 
     """Same numbers as training.metrics.evaluate_logits on logits from the training data loader."""
     _, result = local_report
     model, taxonomy, _ = load_model(tiny_run / "model.pt")
-    data = load_labeled_folder(tiny_dataset, None, taxonomy, model.config.image_size, workers=0)
+    data = load_labeled_folder(tiny_dataset, None, taxonomy, model.config.image_size, workers=0,
+                               resize=model.config.resize)  # prepared as the checkpoint was trained
     runtime = Runtime.resolve("cpu")  # the precision and layout evaluation and serving resolve by default
     logits = predict_logits(prepare_model(model, runtime), data.images, runtime).numpy()
     expected = evaluate_logits(logits, {k: v.numpy() for k, v in data.targets.items()}, taxonomy)
