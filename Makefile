@@ -28,19 +28,23 @@ FULL_DATA := data/full
 FULL_TRAIN_IMAGES ?= 12000
 FULL_TRAIN_ARGS ?= --epochs 80 --batch-size 128 --lr 0.1
 
-.PHONY: help setup demo test train-demo train-cpu train-full archive serve stop rotate-keys clean
+.PHONY: help setup demo test lint train-demo train-cpu train-full archive serve stop rotate-keys clean
 
 help:
 	@echo "make setup        create $(VENV) with the pinned dependencies and generate the gRPC stubs"
 	@echo "make demo         synthetic data -> train (demo settings) -> archive -> serve -> tag held-out photos -> stop"
 	@echo "make test         the whole test suite (starts real TorchServe instances on free ports)"
+	@echo "make lint         ruff over the whole tree (CI runs it before the tests)"
 	@echo "make train-full   the full training run on a large synthetic set (README: quality targets)"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
 	@echo "make serve/stop   start TorchServe with config.properties and wait until READY / stop it"
 	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
 	@echo "make kserve-bundle  $(KSERVE_OUT)/ for KServe: config/config.properties + model-store/$(notdir $(ARCHIVE))"
 	@echo "                  (GPU pod settings from $(KSERVE_GPU_CONFIG); MODEL_CONFIG=file for others)"
-	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl + tags.csv; re-run to resume)"
+	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl + tags.csv + index.html gallery; re-run to resume)"
+	@echo "make compare      OLD= and NEW= (archives or checkpoints) on DATA=: metrics side by side, changed photos"
+	@echo "make rollout      VERSION=2.0: register tagger-2.0.mar, check it on known photos, then make it the default"
+	@echo "make rollback     the default before the last rollout serves again (TO=1.0 for another)"
 	@echo "make bench        offline ceiling vs naive vs tuned TorchServe, img/s and latency (reports/bench.json)"
 	@echo "make loadtest     Locust (REST + gRPC users) against the running server; report in reports/"
 	@echo "make rotate-keys  new inference and management keys for the running server"
@@ -55,8 +59,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-generated/.stamp: $(VENV)/.installed client/protos.py
-	$(PY) -m client.protos
+generated/.stamp: $(VENV)/.installed serving/protos.py
+	$(PY) -m serving.protos
 	touch $@
 
 # KServe's own wrapper code (kserve 0.13.0, as in TorchServe 0.12's KServe image) for tests/test_kserve.py. It pins
@@ -116,7 +120,7 @@ archive: setup $(RUN)/model.pt
 # management API come back from TorchServe's last snapshot in logs/config (FRESH=1: only load_models).
 serve: setup
 	test -f $(STORE)/tagger.mar || { echo "no $(STORE)/tagger.mar: run make archive (or make demo) first"; exit 1; }
-	$(PY) -m client.serve_config --out build/serve.properties $(if $(FRESH),--fresh)
+	$(PY) -m serving.serve_config --out build/serve.properties $(if $(FRESH),--fresh)
 	# The frontend keeps the start command's stdout open: a file, not the caller's pipe (`make serve | tee` would hang).
 	mkdir -p logs && $(BIN)/torchserve --start --ts-config build/serve.properties --model-store $(STORE) > logs/torchserve.out 2>&1
 	$(PY) -m client wait-ready --timeout 300
@@ -137,6 +141,10 @@ demo: setup runs/demo/model.pt
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml (one line length, import order, bugbear, blind excepts, unused noqa markers).
+lint: setup
+	$(BIN)/ruff check .
 
 clean:
 	-$(BIN)/torchserve --stop --foreground 2>/dev/null
@@ -161,13 +169,35 @@ KSERVE_GPU_CONFIG := deploy/kserve/model-config.gpu.yaml
 KSERVE_MODEL_CONFIG := $(if $(filter file,$(origin MODEL_CONFIG)),$(KSERVE_GPU_CONFIG),$(MODEL_CONFIG))
 .PHONY: kserve-bundle
 kserve-bundle: setup
-	$(PY) -m client.kserve_bundle --mar $(ARCHIVE) --out $(KSERVE_OUT) --model-config $(KSERVE_MODEL_CONFIG)
+	$(PY) -m serving.kserve_bundle --mar $(ARCHIVE) --out $(KSERVE_OUT) --model-config $(KSERVE_MODEL_CONFIG)
 
 # ---- bulk tagging of a photo folder (needs a running server: make serve) ----------------------------------------
 .PHONY: tag-folder
 tag-folder: setup
 	@test -n "$(DIR)" -a -n "$(OUT)" || { echo "usage: make tag-folder DIR=photos OUT=results/photos [TAG_ARGS='--grpc --concurrency 8']"; exit 2; }
 	$(PY) -m client.tag_folder $(DIR) --out $(OUT) $(TAG_ARGS)
+
+# ---- the review loop (README "Review, corrections and the next version") ------------------------------------------
+# Compare two versions before rolling one out. OUT defaults to reports/compare here (reports/eval is evaluate's).
+OLD ?= $(STORE)/tagger.mar
+NEW ?=
+COMPARE_OUT := $(if $(filter file,$(origin OUT)),reports/compare,$(OUT))
+# Known photos a new version must answer well before it becomes the default.
+CHECK_DATA ?= $(DEMO_DATA)/holdout/labels.csv
+TO ?=
+.PHONY: compare rollout rollback
+compare: setup
+	@test -n "$(NEW)" || { echo "usage: make compare OLD=$(STORE)/tagger.mar NEW=$(STORE)/tagger-2.0.mar DATA=labels.csv [IMAGES=dir] [OUT=reports/compare]"; exit 2; }
+	$(PY) -m training.compare --old $(OLD) --new $(NEW) --data $(DATA) $(if $(IMAGES),--images $(IMAGES)) \
+		--out $(COMPARE_OUT) $(COMPARE_ARGS)
+
+# Against the running server (make serve); ROLLOUT_ARGS="--key-file ... --management-url ..." for another one.
+rollout: setup
+	@test "$(origin VERSION)" != file || { echo "usage: make rollout VERSION=2.0 [CHECK_DATA=labels.csv] (rolls out $(STORE)/tagger-2.0.mar, built by make archive VERSION=2.0)"; exit 2; }
+	$(PY) -m serving.rollout rollout --version $(VERSION) --check-data $(CHECK_DATA) $(ROLLOUT_ARGS)
+
+rollback: setup
+	$(PY) -m serving.rollout rollback $(if $(TO),--to $(TO)) $(ROLLOUT_ARGS)
 
 # ---- benchmark: offline ceiling vs naive vs shipped serving settings (real TorchServe on free ports) -----------
 BENCH_SECONDS ?= 20
@@ -176,6 +206,10 @@ BENCH_SIZES ?= small,phone,camera
 BENCH_VARIANTS ?= --variant batchSize=4 --variant batchSize=16 \
 	--variant minWorkers=1,maxWorkers=1,handler.torch_threads=0,handler.decode_threads=2
 .PHONY: bench
+# The figures are for the model size in RUN's checkpoint. `make bench RUN=runs/random-256` benches the full-size
+# (256 px) ResNet34 without a trained full run: random weights, the project's taxonomy and model config.
+runs/random-%/model.pt: | setup
+	$(PY) -m loadtests.random_model --out runs/random-$* --image-size $*
 bench: setup $(RUN)/model.pt
 	$(PY) -m loadtests.bench --run $(RUN) --out reports/bench.json --seconds $(BENCH_SECONDS) --sizes $(BENCH_SIZES) \
 		$(BENCH_VARIANTS)

@@ -38,7 +38,7 @@ def _tag(args) -> int:
         except (OSError, ServiceError) as exc:
             failures += 1
             record["error"] = str(exc)
-        except Exception as exc:  # grpc.RpcError and connection errors: report per file, keep going
+        except Exception as exc:  # noqa: BLE001 - grpc.RpcError and connection errors: report per file, keep going
             failures += 1
             record["error"] = f"{type(exc).__name__}: {exc}"
         print(json.dumps(record, ensure_ascii=False), flush=True)

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from client.rest import tag_image
+from phototag.labels_csv import read_labels_csv
 from phototag.taxonomy import Taxonomy
-from training.labels_csv import read_labels_csv
 
 
 def _agreement(truth: dict, answer: dict, taxonomy: Taxonomy) -> list[str]:

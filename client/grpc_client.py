@@ -1,6 +1,6 @@
 """gRPC inference with TorchServe's own service definition.
 
-The stubs are generated at setup time (`python -m client.protos`) from the .proto files inside the installed
+The stubs are generated at setup time (`python -m serving.protos`) from the .proto files inside the installed
 TorchServe into generated/ (git-ignored), so they always match the server version that is pinned.
 """
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 import grpc
 
 from client.auth import DEFAULT_KEY_FILE, read_key
-from client.protos import GENERATED_DIR
+from client.stubs import GENERATED_DIR
 
 if str(GENERATED_DIR) not in sys.path:
     sys.path.insert(0, str(GENERATED_DIR))  # protoc's generated modules import each other as top-level modules
 
-import inference_pb2  # noqa: E402
-import inference_pb2_grpc  # noqa: E402
+import inference_pb2
+import inference_pb2_grpc
 
 DEFAULT_GRPC_TARGET = "127.0.0.1:7070"
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # grpc's 4 MB default is smaller than a camera JPEG

@@ -39,6 +39,7 @@ def wait_until_ready(model: str = "tagger", management_url: str = DEFAULT_MANAGE
         if model_ready(model, management_url, key_file):
             return
         if not alive():
-            raise RuntimeError("TorchServe exited before the model became ready (a port in use? see logs/torchserve.out and logs/ts_log.log)")
+            raise RuntimeError("TorchServe exited before the model became ready "
+                               "(a port in use? see logs/torchserve.out and logs/ts_log.log)")
         time.sleep(1.0)
     raise TimeoutError(f"model {model!r} not READY after {timeout:.0f} s (see logs/model_log.log)")

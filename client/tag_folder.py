@@ -15,11 +15,11 @@ import os
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import requests
@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from client.auth import DEFAULT_KEY_FILE, KeyFileError, read_key
 from client.rest import DEFAULT_INFERENCE_URL, ServiceError, tag_image
+from phototag.labels_csv import Labels, write_labels_csv
 from phototag.taxonomy import SINGLE, Taxonomy
-from training.labels_csv import Labels, write_labels_csv
 
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .webp .bmp .tif .tiff .gif .heic .heif .avif".split())
 JSONL_NAME, CSV_NAME = "tags.jsonl", "tags.csv"
@@ -174,7 +174,7 @@ def load_records(path: Path) -> dict[str, dict]:
 
 
 def response_labels(record: dict, taxonomy: Taxonomy) -> Labels:
-    """The labels of a tag answer in the shape training.labels_csv reads and writes."""
+    """The labels of a tag answer in the shape phototag.labels_csv reads and writes."""
     return {g.name: record[g.name]["label"] if g.kind == SINGLE else list(record[g.name]["labels"])
             for g in taxonomy.groups}
 
@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             grpc_tagger.close()
     print(summary)
     print(f"results:      {args.out / JSONL_NAME}, {args.out / CSV_NAME}")
+    from client.gallery import write_gallery  # it reads this module's records: imported here, not at the top
+
+    gallery = write_gallery(args.out, args.root)  # every run rewrites it, so a resumed run updates the page
+    print(f"gallery:      {gallery.page} (open it in a browser; works offline)")
     return 1 if summary.failed or summary.gave_up else 0
 
 

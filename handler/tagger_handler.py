@@ -9,22 +9,21 @@ error) JSON becomes the one BYTES element of the output tensor "tags". TorchServ
 unchanged on REST, and its gRPC ModelInfer turns it into a ModelInferResponse. A refused OIP photo is answered
 with HTTP 200 and the error in the body (the element, and the response's "parameters"): KServe's wrapper turns
 any non-2xx answer from TorchServe into HTTP 500 and drops the body, which clients would retry as a server fault.
+OIP requests are recognised by content (`phototag.payload.read_oip`), so clients that send no Content-Type, and
+OIP's binary tensor extension, are answered too. A binary-extension request never comes through KServe's wrapper
+(kserve 0.13 reads only JSON), so it is answered as the extension says: binary outputs when it asks for them, and a
+refused photo with HTTP 400 and the OIP error body {"error": ...}.
 
-Settings come from the archive's model-config.yaml, `handler:` section:
-    device: auto | cpu | cuda      # auto: the GPU TorchServe assigned to this worker, if any
-    precision: auto | bf16 | fp32  # auto: bf16 autocast where the device has it natively
-    channels_last: true            # NHWC activations (oneDNN and cuDNN run convolutions faster so)
-    compile: false | default | reduce-overhead | max-autotune   # torch.compile, paid for at worker start
-    jpeg_decoder: auto | pil | torchvision   # auto: batched nvjpeg on CUDA, Pillow (draft mode) on the CPU
-    decode_threads: 1              # PIL and numpy release the GIL while decoding and resizing
-    torch_threads: 1               # intra-op threads of this worker; 0 keeps torch's default (one per core)
-    max_pixels: 80000000           # larger images are refused before they are decoded
+Settings come from the archive's model-config.yaml, `handler:` section, read into one typed object
+(`phototag.handler_settings.HandlerSettings`: every key, its values and its default). An unknown or mistyped key
+stops the worker at start with a message naming it.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import struct
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +33,10 @@ import torch
 from phototag.checkpoint import load_model
 from phototag.compiled import BucketedCompiledModel
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
+from phototag.handler_settings import HandlerSettings
 from phototag.inference import Runtime, load_image, predict_logits, prepare_model
 from phototag.jpeg_batch import choose_jpeg_decoder, decode_jpegs, fits_fast_lane
-from phototag.payload import OIP_DATATYPE, PayloadError, extract_image_bytes, oip_request
+from phototag.payload import INFERENCE_HEADER, OIP_DATATYPE, OipRequest, PayloadError, extract_image_bytes, read_oip
 from phototag.taxonomy import Taxonomy, logits_to_tags
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,14 @@ def _refusal(exc: PayloadError | ImageDecodeError) -> dict:
     return {"error": str(exc), "reason": exc.reason, "code": 400}
 
 
-def _content_type(context, index: int) -> str | None:
+def _request_header(context, index: int, wanted: str) -> str | None:
     # Header names reach the worker as the client spelled them.
     headers = context.get_all_request_header(index) or {}
-    return next((value for name, value in headers.items() if name.lower() == "content-type"), None)
+    return next((value for name, value in headers.items() if name.lower() == wanted.lower()), None)
+
+
+def _content_type(context, index: int) -> str | None:
+    return _request_header(context, index, "content-type")
 
 
 class PhotoTaggerHandler:
@@ -92,22 +96,21 @@ class PhotoTaggerHandler:
         properties = context.system_properties
         model_dir = properties.get("model_dir")
         model_config = getattr(context, "model_yaml_config", None) or {}
-        settings = model_config.get("handler", {}) or {}
+        settings = HandlerSettings.from_section(model_config.get("handler"))
         self.runtime = Runtime.from_settings(settings, properties.get("gpu_id"))
-        if int(settings.get("torch_threads", 0)) > 0:
+        if settings.torch_threads > 0:
             # Several CPU workers must split the cores: oversubscribed OpenMP threads spin and slow each other down.
-            torch.set_num_threads(int(settings["torch_threads"]))
+            torch.set_num_threads(settings.torch_threads)
         # The archive's taxonomy.json is the served one; load_model refuses a model whose outputs disagree with it.
         taxonomy = Taxonomy.load(os.path.join(model_dir, TAXONOMY_FILE))
         self.model, self.taxonomy, _ = load_model(os.path.join(model_dir, WEIGHTS_FILE), taxonomy=taxonomy)
         prepare_model(self.model, self.runtime)
         self.image_size = self.model.config.image_size
-        self.max_pixels = int(settings.get("max_pixels", MAX_PIXELS))
-        self.jpeg_decoder = choose_jpeg_decoder(settings.get("jpeg_decoder", "auto"), self.runtime.device)
-        self.decoder_pool = ThreadPoolExecutor(max_workers=int(settings.get("decode_threads", 2)),
-                                               thread_name_prefix="decode")
+        self.max_pixels = settings.max_pixels
+        self.jpeg_decoder = choose_jpeg_decoder(settings.jpeg_decoder, self.runtime.device)
+        self.decoder_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.model_version = str(context.manifest.get("model", {}).get("modelVersion", "unknown"))
-        self._set_up_forward(settings.get("compile", False), int(model_config.get("batchSize", 1)))
+        self._set_up_forward(settings.compile, int(model_config.get("batchSize", 1)))
         log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px (%s), object pooling %s, "
                  "groups %s", self.model_version, self.runtime.describe(), self.jpeg_decoder,
                  self.taxonomy.num_logits, self.image_size, self.model.config.resize,
@@ -190,26 +193,30 @@ class PhotoTaggerHandler:
         return [p if isinstance(p, dict) else logits_to_tags(next(rows), self.taxonomy, self.model_version)
                 for p in prepared]
 
-    def handle(self, data: list[dict], context) -> list[str]:
-        """One TorchServe batch: N requests in, N compact JSON bodies out (errors keep their slot)."""
+    def handle(self, data: list[dict], context) -> list[str | bytes]:
+        """One TorchServe batch: N requests in, N bodies out (errors keep their slot): compact JSON, or bytes for
+        an OIP binary-extension answer."""
         content_types = [_content_type(context, i) for i in range(len(data))]
+        # Each OIP request is read once here; preprocess and format_response take it in place of the raw request.
+        requests = [read_oip(request, _request_header(context, i, INFERENCE_HEADER)) or request
+                    for i, request in enumerate(data)]
         started = time.perf_counter()
-        batch, prepared = self.preprocess(data, content_types)
+        batch, prepared = self.preprocess(requests, content_types)
         decoded = time.perf_counter()
         logits = self.inference(batch)
         inferred = time.perf_counter()
         responses = self.postprocess(logits, prepared)
-        for index, (request, response) in enumerate(zip(data, responses)):
+        for index, (request, response) in enumerate(zip(requests, responses)):
             context.set_response_content_type(index, "application/json")
-            if "error" in response and oip_request(request) is None:
+            if "error" in response and (not isinstance(request, OipRequest) or request.binary):
                 context.set_response_status(response["code"], response["error"][:200], index)
         log.info("batch of %d requests: %d tagged, %d refused", len(data), len(batch), len(data) - len(batch))
         _record_metrics(getattr(context, "metrics", None), 1000 * (decoded - started), 1000 * (inferred - decoded),
                         len(data), responses)
         return [self.format_response(r, request, index, context)
-                for index, (request, r) in enumerate(zip(data, responses))]
+                for index, (request, r) in enumerate(zip(requests, responses))]
 
-    def format_response(self, response: dict, request, index: int, context) -> str:
+    def format_response(self, response: dict, request, index: int, context) -> str | bytes:
         """The body of one answer: the compact tag (or error) JSON, wrapped in an OIP inference response when the
         request was an OIP one.
 
@@ -220,11 +227,17 @@ class PhotoTaggerHandler:
         and `outputs` only, and answers 500 for any non-2xx status. So an error keeps the OIP shape and HTTP 200
         (`handle` sets no status for OIP requests): the error JSON is the tensor's element, and REST clients also
         find {"error", "reason", "code"} in the response's `parameters`, which both TorchServe and KServe pass on.
+
+        A binary-extension request (`request.binary`; never from KServe's wrapper, nor from gRPC) gets OIP's error
+        body, the usual error JSON, with the 400 `handle` set; and its tags as binary data when it asks for them:
+        the JSON part, then the BYTES element behind its 4-byte length, with the JSON part's length in the
+        Inference-Header-Content-Length response header (TorchServe 0.12 passes a handler's response headers on).
         """
         body = json.dumps(response, ensure_ascii=False)
-        document = oip_request(request)
-        if document is None:
+        oip = request if isinstance(request, OipRequest) else read_oip(request)
+        if oip is None or (oip.binary and "error" in response):
             return body
+        document = oip.document
         request_id = document.get("id")
         if not (isinstance(request_id, str) and request_id.strip()):
             request_id = context.get_request_id(index) or ""  # OIP: echo the client's id, else TorchServe's
@@ -236,4 +249,13 @@ class PhotoTaggerHandler:
         }
         if "error" in response:
             answer["parameters"] = {key: response[key] for key in ("error", "reason", "code")}
-        return json.dumps(answer, ensure_ascii=False)
+        if not oip.binary_output(OIP_OUTPUT):
+            return json.dumps(answer, ensure_ascii=False)
+        element = body.encode()
+        [output] = answer["outputs"]
+        del output["data"]
+        output["parameters"] = {"binary_data_size": 4 + len(element)}
+        header = json.dumps(answer, ensure_ascii=False).encode()
+        context.set_response_content_type(index, "application/octet-stream")
+        context.set_response_header(index, INFERENCE_HEADER, str(len(header)))
+        return header + struct.pack("<I", len(element)) + element

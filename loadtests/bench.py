@@ -9,14 +9,19 @@
    initialised in this process through TorchServe's Context, without HTTP. Every batch size of
    --batch-sizes is timed; the best one is the ceiling. Then each setting of --toggles (precision, channels_last,
    compile, jpeg_decoder) is flipped on and off at that batch size, one at a time.
-2. naive: an archive packed with handler/model-config.naive.yaml (batchSize 1, maxBatchDelay 0, 1 worker,
+2. original: the original write-up's FastAPI server (loadtests/fastapi_baseline.py: one photo per request in an
+   async endpoint, train mode, fp32, OpenCV), served by uvicorn on a free port (--no-original leaves it out).
+3. naive: an archive packed with handler/model-config.naive.yaml (batchSize 1, maxBatchDelay 0, 1 worker,
    decode_threads 1), served by a real TorchServe (the project's config.properties on free loopback ports).
-3. tuned: the same with the shipped handler/model-config.yaml (or --tuned-config), and each --variant of it.
+4. tuned: the same with the shipped handler/model-config.yaml (or --tuned-config), and each --variant of it.
 
-Both archives are built with `make archive ... MODEL_CONFIG=...` into a temporary store. Each server is loaded by
---concurrency closed-loop clients (Python threads + requests, in this process) for --seconds per size class after
-a short warm-up, then stopped before the next starts. The client's own CPU use is recorded per load phase: the
-client and the server share the machine's cores, so a busy client takes CPU away from the server.
+The model is the run's checkpoint, at the input size stored in it (the report's "model" says which; a
+random-init run at the served size, `python -m loadtests.random_model`, benches the full-size model without a
+trained one). Both archives are built with `make archive ... MODEL_CONFIG=...` into a temporary store. Each
+server is loaded by --concurrency closed-loop clients (Python threads + requests, in this process) for --seconds
+per size class after a short warm-up, then stopped before the next starts. The client's own CPU use is recorded
+per load phase: the client and the server share the machine's cores, so a busy client takes CPU away from the
+server.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -37,9 +43,12 @@ import yaml
 from ts.context import Context
 
 from handler.tagger_handler import PhotoTaggerHandler
+from loadtests.fastapi_baseline import FastApiBaseline
 from loadtests.faults import Outcome, steady_load
-from tests.torchserve_process import TorchServe
-from training.synth import render_jpegs
+from phototag.checkpoint import read_checkpoint
+from phototag.model import ModelConfig
+from serving.torchserve_process import TorchServe, free_port
+from training.synth.render import render_jpegs
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"small": (256, 256), "phone": (1632, 1224), "camera": (4000, 3000)}
@@ -170,9 +179,11 @@ def server_cpu_seconds(server: TorchServe) -> float:
     return total
 
 
-def run_served(name: str, archive_store: Path, workdir: Path, photos_by_size: dict[str, list[bytes]],
-               clients: int, seconds: float, warmup: float) -> dict:
-    server = TorchServe(workdir, archive_store)
+def run_served(name: str, archive_store: Path | None, workdir: Path, photos_by_size: dict[str, list[bytes]],
+               clients: int, seconds: float, warmup: float, server=None) -> dict:
+    """Load one server (a TorchServe of `archive_store`, or `server`: anything with start/stop, process,
+    inference_url and key_file, such as the FastAPI baseline) with each size class in turn."""
+    server = server or TorchServe(workdir, archive_store)
     t0 = time.monotonic()
     server.start()
     startup = time.monotonic() - t0
@@ -214,6 +225,14 @@ def apply_overrides(config: dict, variant: str) -> dict:
 
 
 # ---- report -----------------------------------------------------------------------------------------------------
+def describe_model(run: Path) -> dict:
+    """What the benchmarked checkpoint is: the size the figures are for comes from the checkpoint itself."""
+    payload = read_checkpoint(run / "model.pt")
+    config, args = ModelConfig.from_dict(payload["model_config"]), payload.get("args") or {}
+    return {"arch": config.arch, "image_size": config.image_size, "resize": config.resize,
+            "random_init": bool(args.get("random_init", False))}
+
+
 def serving_settings(path: Path) -> dict:
     config = yaml.safe_load(path.read_text())
     keys = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
@@ -230,15 +249,23 @@ def table(report: dict) -> str:
         o = offline[size]
         lines.append(f"{'offline':8s} {size:7s} {o['images_per_s']:8.2f} {'-':>8s} {'-':>8s} {'-':>8s} {'-':>7s}"
                      f" {'(batch ' + str(o['best_batch_size']) + ')':>11s} {'':>11s}")
-        for setup in ("naive", "tuned"):
+        for setup in ("original", "naive", "tuned"):
+            if not report.get(setup):
+                continue
             r = report[setup]["sizes"][size]
             lines.append(f"{setup:8s} {size:7s} {r['images_per_s']:8.2f} {r['p50_ms']:8.0f} {r['p95_ms']:8.0f}"
                          f" {r['p99_ms']:8.0f} {r['errors']:7d} {r['client_cpu_percent']:10.0f}%"
                          f" {r['server_cpu_percent']:10.0f}%")
     lines.append("")
+    model = report["model"]
+    lines.insert(0, f"model: {model['arch']}, {model['image_size']} px input"
+                    + (" (random init)" if model["random_init"] else "") + f", from {report['run']}")
     for size, ratio in report["ratios"].items():
+        if ratio.get("tuned_over_original") is not None:
+            lines.append(f"{size:7s} tuned/original {ratio['tuned_over_original']:.2f}x")
         lines.append(f"{size:7s} tuned/naive {ratio['tuned_over_naive']:.2f}x   "
-                     f"tuned/offline {ratio['tuned_over_offline']:.2f}   naive/offline {ratio['naive_over_offline']:.2f}")
+                     f"tuned/offline {ratio['tuned_over_offline']:.2f}   "
+                     f"naive/offline {ratio['naive_over_offline']:.2f}")
     for name, result in [("tuned as shipped", report["tuned"]), *report.get("variants", {}).items()]:
         lines.append(f"served {name}: " + ", ".join(
             f"{size} {r['images_per_s']:.1f} img/s p99 {r['p99_ms']:.0f} ms" for size, r in result["sizes"].items()))
@@ -255,10 +282,10 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="training run with model.pt")
-    parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    parser.add_argument("--out", type=Path, default=Path("reports/bench.json"), help="where the JSON report goes")
     parser.add_argument("--seconds", type=float, default=20, help="measured load per setup and size class")
     parser.add_argument("--warmup", type=float, default=3, help="unmeasured load before each measured phase")
     parser.add_argument("--concurrency", type=int, default=32,
@@ -274,11 +301,28 @@ def main(argv=None) -> int:
                         help="also serve the tuned config with these keys changed (repeatable), e.g. batchSize=16 "
                              "or minWorkers=1,maxWorkers=1,handler.torch_threads=0: the measurements that chose "
                              "the shipped values")
+    parser.add_argument("--no-original", dest="original", action="store_false",
+                        help="leave out the original write-up's FastAPI server (served by default, first)")
     parser.add_argument("--toggles", default="precision,channels_last,jpeg_decoder",
                         help=f"handler settings measured on and off offline (comma list of {','.join(TOGGLES)}; "
                              "'' for none; compile costs minutes of worker start on a CPU)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """The command line, checked: what to measure and for how long."""
+
+    run: Path
+    sizes: list[str]
+    batch_sizes: list[int]
+    offline_seconds: float
+    toggles: list[str]
+    tuned_config: Path
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BenchPlan:
+    """Refuses (parser.error, exit 2) an unknown size class, variant key or toggle, or a run without a model."""
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
@@ -292,40 +336,57 @@ def main(argv=None) -> int:
     toggle_names = [t.strip() for t in args.toggles.split(",") if t.strip()]
     if any(t not in TOGGLES for t in toggle_names):
         parser.error(f"--toggles: choose from {list(TOGGLES)}")
-    offline_seconds = args.offline_seconds or max(2.0, args.seconds / 4)
     run = args.run.resolve()
     if not (run / "model.pt").is_file():
         parser.error(f"{run}/model.pt not found")
+    return BenchPlan(run=run, sizes=sizes, batch_sizes=batch_sizes,
+                     offline_seconds=args.offline_seconds or max(2.0, args.seconds / 4), toggles=toggle_names,
+                     tuned_config=args.tuned_config.resolve())
 
-    started = time.monotonic()
-    tuned_config = args.tuned_config.resolve()
-    tuned_settings, naive_settings = serving_settings(tuned_config), serving_settings(NAIVE_CONFIG)
+
+def run_bench(args: argparse.Namespace, plan: BenchPlan) -> dict:
+    """Offline ceiling, settings on/off, then naive, tuned and each variant served by a real TorchServe."""
+    sizes = plan.sizes
+    tuned_settings = serving_settings(plan.tuned_config)
     print(f"rendering {args.images} JPEGs (quality 90) per size class: {', '.join(sizes)}", flush=True)
     photos = {s: render_jpegs(*SIZES[s], args.images, seed=i + 1) for i, s in enumerate(sizes)}
 
     print("offline ceiling (no HTTP, same decode + forward code)", flush=True)
-    offline = run_offline(run, photos, batch_sizes, offline_seconds, tuned_settings["handler"])
+    offline = run_offline(plan.run, photos, plan.batch_sizes, plan.offline_seconds, tuned_settings["handler"])
     toggles = {}
-    if toggle_names:
+    if plan.toggles:
         print("settings on/off (offline, best batch size)", flush=True)
-        toggles = run_toggles(run, photos, offline, offline_seconds, tuned_settings["handler"], toggle_names)
+        toggles = run_toggles(plan.run, photos, offline, plan.offline_seconds, tuned_settings["handler"],
+                              plan.toggles)
 
     served, variants = {}, {}
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         tmp = Path(tmp)
         # (label, model-config, where its result goes, under which key)
-        setups = [("naive", NAIVE_CONFIG, served, "naive"), ("tuned", tuned_config, served, "tuned")]
+        setups = [("naive", NAIVE_CONFIG, served, "naive"), ("tuned", plan.tuned_config, served, "tuned")]
         for index, variant in enumerate(args.variant):
             path = tmp / f"model-config.variant{index}.yaml"
-            path.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(tuned_config.read_text()), variant)))
+            path.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(plan.tuned_config.read_text()), variant)))
             setups.append((f"variant{index}", path, variants, variant))
+        if args.original:
+            print("original: the write-up's FastAPI server (loadtests/fastapi_baseline.py)", flush=True)
+            baseline = FastApiBaseline(tmp / "original", plan.run, free_port())
+            served["original"] = run_served("orig", None, tmp / "original", photos, args.concurrency, args.seconds,
+                                            args.warmup, server=baseline)
         for label, config, results, key in setups:
             store = tmp / label / "model_store"
-            build_archive(run, store, tmp / f"build-{label}", config)
+            build_archive(plan.run, store, tmp / f"build-{label}", config)
             print(f"{label}: serving {config.name}" + (f" (tuned with {key})" if key != label else ""), flush=True)
             results[key] = run_served(label, store, tmp / label / "server", photos, args.concurrency, args.seconds,
                                       args.warmup)
 
+    return {"photos": photos, "offline": offline, "toggles": toggles, "served": served, "variants": variants,
+            "settings": {"naive": serving_settings(NAIVE_CONFIG), "tuned": tuned_settings}}
+
+
+def build_report(args: argparse.Namespace, plan: BenchPlan, measured: dict, argv, seconds: float) -> dict:
+    """The JSON report: machine, load, every measurement and the tuned/naive/offline ratios per size class."""
+    sizes, served, offline, photos = plan.sizes, measured["served"], measured["offline"], measured["photos"]
     ratios = {}
     for s in sizes:
         t, n, o = (served["tuned"]["sizes"][s]["images_per_s"], served["naive"]["sizes"][s]["images_per_s"],
@@ -333,31 +394,45 @@ def main(argv=None) -> int:
         ratios[s] = {"tuned_over_naive": round(t / n, 2) if n else None,
                      "tuned_over_offline": round(t / o, 2) if o else None,
                      "naive_over_offline": round(n / o, 2) if o else None}
+        if "original" in served:
+            g = served["original"]["sizes"][s]["images_per_s"]
+            ratios[s]["tuned_over_original"] = round(t / g, 2) if g else None
 
-    report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m loadtests.bench " + " ".join(argv if argv is not None else os.sys.argv[1:]),
         "run": str(args.run),
+        "model": describe_model(plan.run),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "platform": platform.platform(), "cuda": torch.cuda.is_available()},
         "sizes": sizes,
         "size_pixels": {s: list(SIZES[s]) for s in sizes},
         "jpeg_bytes": {s: [len(b) for b in photos[s]] for s in sizes},
-        "settings": {"naive": naive_settings, "tuned": tuned_settings},
+        "settings": measured["settings"],
         "load": {"generator": "closed-loop Python threads + requests.Session, in the bench process",
                  "clients": args.concurrency, "seconds": args.seconds, "warmup_seconds": args.warmup,
                  "note": "client and server share the same cores; client_cpu_percent is the bench process "
                          "(100 = one core), server_cpu_percent the TorchServe process tree, "
                          "machine_cpu_percent all cores (100 = all busy)"},
         "offline": offline,
-        "toggles": toggles,
-        "variants": variants,
+        "toggles": measured["toggles"],
+        "variants": measured["variants"],
+        "original": served.get("original"),
         "naive": served["naive"],
         "tuned": served["tuned"],
         "ratios": ratios,
-        "total_seconds": round(time.monotonic() - started, 1),
+        "total_seconds": round(seconds, 1),
     }
+
+
+def main(argv=None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    plan = validate(args, parser)
+    started = time.monotonic()
+    measured = run_bench(args, plan)
+    report = build_report(args, plan, measured, argv, time.monotonic() - started)
     print()
     print(table(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)

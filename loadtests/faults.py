@@ -1,11 +1,11 @@
-"""Bounded load on loopback for fault and overload checks: steady clients, a worker kill, a burst over capacity.
+"""Bounded load on loopback for fault and overload checks: steady clients that report what is in flight, a burst
+over capacity, the worker PIDs to kill.
 
-Used by tests/test_faults.py (behaviour) and loadtests/reliability.py (the measured figures).
+Used by tests/test_faults.py (behaviour, synchronised on the load's events) and loadtests/reliability.py (the
+measured figures).
 """
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +24,10 @@ class Outcome:
     finished: float
     status: int  # HTTP status, or 0 for a connection error / client timeout
     json_body: bool
+    # What went wrong: the JSON body's "type" (TorchServe's exception) or "reason" (the handler's refusal), or
+    # "timeout" / "connection" when there was no answer; "" for a tag answer.
+    kind: str = ""
+    index: int = -1  # the order in which a LoadRun sent it
 
     @property
     def seconds(self) -> float:
@@ -32,12 +36,47 @@ class Outcome:
 
 @dataclass
 class LoadRun:
+    """The outcomes of a load, and what is in flight: tests wait on it (`wait_for`) instead of sleeping."""
     outcomes: list[Outcome] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Re-entrant: a wait_for predicate runs with the lock held and may call answered() or in_flight().
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    sent: int = 0
+    pending: set[int] = field(default_factory=set)
+    done: bool = False  # set when the load ends, so that nobody waits for answers that will not come
+
+    def __post_init__(self):
+        self.changed = threading.Condition(self.lock)
+
+    def begin(self) -> int:
+        with self.lock:
+            index, self.sent = self.sent, self.sent + 1
+            self.pending.add(index)
+            return index
 
     def add(self, outcome: Outcome) -> None:
-        with self.lock:
+        with self.changed:
             self.outcomes.append(outcome)
+            self.pending.discard(outcome.index)
+            self.changed.notify_all()
+
+    def finish(self) -> None:
+        with self.changed:
+            self.done = True
+            self.changed.notify_all()
+
+    def in_flight(self) -> set[int]:
+        with self.lock:
+            return set(self.pending)
+
+    def answered(self, since: int = 0) -> int:
+        """Requests answered 200 among those sent as number `since` or later."""
+        with self.lock:
+            return sum(o.status == 200 and o.index >= since for o in self.outcomes)
+
+    def wait_for(self, predicate) -> bool:
+        """Block until predicate(self) holds (True) or the load has ended without it (False)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self) or self.done) and predicate(self)
 
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status != 200]
@@ -50,33 +89,48 @@ def send(url: str, key_file: Path, body: bytes, timeout: float = 150,
         headers = {"Authorization": f"Bearer {read_key('inference', key_file)}"}
         response = (session or requests).post(f"{url}/predictions/tagger", data=body, headers=headers,
                                               timeout=timeout)
-        try:
-            response.json()
-            is_json = True
-        except ValueError:
-            is_json = False
-        return Outcome(started, time.monotonic(), response.status_code, is_json)
-    except requests.RequestException:
-        return Outcome(started, time.monotonic(), 0, False)
+    except requests.Timeout:
+        return Outcome(started, time.monotonic(), 0, False, "timeout")
+    except requests.RequestException as exc:
+        return Outcome(started, time.monotonic(), 0, False,
+                       "connection" if isinstance(exc, requests.ConnectionError) else type(exc).__name__)
+    try:
+        payload = response.json()
+    except ValueError:
+        return Outcome(started, time.monotonic(), response.status_code, False)
+    kind = str(payload.get("type") or payload.get("reason") or "") if isinstance(payload, dict) else ""
+    return Outcome(started, time.monotonic(), response.status_code, True, "" if response.ok else kind)
 
 
-def steady_load(url: str, key_file: Path, bodies: list[bytes], clients: int, seconds: float,
-                run: LoadRun | None = None, pause: float = 0.0, timeout: float = 150) -> LoadRun:
-    """`clients` closed-loop clients sending for `seconds` (each waits for its answer or `timeout`, then `pause`),
-    each over its own keep-alive connection, as a real client would."""
+def steady_load(url: str, key_file: Path, bodies: list[bytes], clients: int, seconds: float | None = None,
+                run: LoadRun | None = None, pause: float = 0.0, timeout: float = 150,
+                stop: threading.Event | None = None) -> LoadRun:
+    """`clients` closed-loop clients sending for `seconds`, or until `stop` is set (each waits for its answer or
+    `timeout`, then `pause`), each over its own keep-alive connection, as a real client would."""
+    if seconds is None and stop is None:
+        raise ValueError("steady_load needs seconds or a stop event")
     run = run or LoadRun()
-    deadline = time.monotonic() + seconds
+    deadline = None if seconds is None else time.monotonic() + seconds
+
+    def going() -> bool:
+        return not (stop and stop.is_set()) and (deadline is None or time.monotonic() < deadline)
 
     def client(index: int) -> None:
         i, session = index, requests.Session()
-        while time.monotonic() < deadline:
-            run.add(send(url, key_file, bodies[i % len(bodies)], timeout=timeout, session=session))
+        while going():
+            number = run.begin()
+            outcome = send(url, key_file, bodies[i % len(bodies)], timeout=timeout, session=session)
+            outcome.index = number
+            run.add(outcome)
             i += clients
             if pause:
                 time.sleep(pause)
 
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
+    finally:
+        run.finish()
     return run
 
 
@@ -92,12 +146,6 @@ def burst(url: str, key_file: Path, bodies: list[bytes], count: int, concurrency
 def worker_pids(management_url: str, key_file: Path, model: str = "tagger") -> list[int]:
     described = call("GET", f"{management_url}/models/{model}", "management", key_file).json()
     return [int(w["pid"]) for version in described for w in version["workers"] if w.get("pid")]
-
-
-def kill_worker(management_url: str, key_file: Path) -> int:
-    pid = worker_pids(management_url, key_file)[0]
-    os.kill(pid, signal.SIGKILL)
-    return pid
 
 
 def recovery_after(run: LoadRun, moment: float) -> float | None:

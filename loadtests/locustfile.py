@@ -20,9 +20,10 @@ from locust import FastHttpUser, User, between, events, task
 # Locust users are gevent greenlets: without this, each blocking gRPC call stalls every user of the process.
 grpc_gevent.init_gevent()
 
-from client.auth import DEFAULT_KEY_FILE, read_key
-from phototag.taxonomy import Taxonomy
-from training.synth import render_jpegs
+# gevent must patch grpc before the project's modules import it (E402 is the point here).
+from client.auth import DEFAULT_KEY_FILE, read_key  # noqa: E402
+from phototag.taxonomy import Taxonomy  # noqa: E402
+from training.synth.render import render_jpegs  # noqa: E402
 
 KEY_FILE = os.environ.get("TAGGER_KEY_FILE", str(DEFAULT_KEY_FILE))
 # (name, width, height, share of requests)
@@ -113,7 +114,8 @@ class GrpcTaggerUser(_ImageMix, User):
             problem = payload.get("error") or check_tags(payload)
             if problem:
                 exception = AssertionError(problem)
-        except Exception as exc:  # grpc.RpcError and friends: a failed request, not a crashed user
+        except Exception as exc:  # noqa: BLE001 - grpc.RpcError and friends: a failed request, not a crashed user
             exception = exc
-        events.request.fire(request_type="gRPC", name=f"gRPC {name}", response_time=(time.perf_counter() - started) * 1000,
+        events.request.fire(request_type="gRPC", name=f"gRPC {name}",
+                            response_time=(time.perf_counter() - started) * 1000,
                             response_length=length, exception=exception, context={})

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from phototag.decoding import MAX_PIXELS, decode_image
 from phototag.preprocessing import draft_size, normalize, resize_to_tensor
 
+if TYPE_CHECKING:  # the settings module imports this one's constants
+    from phototag.handler_settings import HandlerSettings
+
 PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -45,7 +50,7 @@ class Runtime:
 
     @classmethod
     def resolve(cls, device: str | torch.device = "auto", precision: str = "auto",
-                channels_last: bool = True) -> "Runtime":
+                channels_last: bool = True) -> Runtime:
         """precision 'auto' is bf16 where the device has it natively (`native_bf16`), else fp32."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -58,22 +63,15 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     @classmethod
-    def from_settings(cls, settings: dict, gpu_id=None) -> "Runtime":
-        """The archive's model-config.yaml `handler:` section -> Runtime.
-
-        device: auto | cpu | cuda (auto: the GPU TorchServe assigned to this worker, if any); precision: auto |
-        bf16 | fp32; channels_last: true | false.
-        """
-        setting = settings.get("device", "auto")
-        if setting not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"handler device must be auto, cpu or cuda, not {setting!r}")
-        if setting == "cuda" and not torch.cuda.is_available():
+    def from_settings(cls, settings: HandlerSettings, gpu_id=None) -> Runtime:
+        """The handler's settings -> Runtime; device auto is the GPU TorchServe assigned to this worker, if any."""
+        if settings.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("model-config.yaml asks for device: cuda but this worker sees no CUDA device")
-        if setting == "cpu" or not torch.cuda.is_available():
+        if settings.device == "cpu" or not torch.cuda.is_available():
             device = torch.device("cpu")
         else:
             device = torch.device(f"cuda:{int(gpu_id) if gpu_id is not None else 0}")
-        return cls.resolve(device, settings.get("precision", "auto"), settings.get("channels_last", True))
+        return cls.resolve(device, settings.precision, settings.channels_last)
 
     def describe(self) -> str:
         return f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last' if self.channels_last else ''}"

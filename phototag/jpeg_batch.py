@@ -15,12 +15,10 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from phototag.headers import EXIF_ORIENTATION_TAG, JPEG_END_OF_IMAGE, JPEG_MAGIC
 from phototag.preprocessing import resize_tensor
 
 JPEG_DECODERS = ("auto", "pil", "torchvision")
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_END_OF_IMAGE = b"\xff\xd9"
-_ORIENTATION_TAG = 0x0112
 
 
 def choose_jpeg_decoder(setting: str, device: torch.device) -> str:
@@ -35,14 +33,14 @@ def choose_jpeg_decoder(setting: str, device: torch.device) -> str:
 
 def fits_fast_lane(data: bytes, max_pixels: int) -> bool:
     """Whether `data` is a complete, upright, 8-bit RGB/grayscale JPEG of at most `max_pixels` (header only)."""
-    if not data.startswith(_JPEG_MAGIC) or not data.rstrip(b"\0").endswith(_END_OF_IMAGE):
+    if not data.startswith(JPEG_MAGIC) or not data.rstrip(b"\0").endswith(JPEG_END_OF_IMAGE):
         return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning; the limit is ours, below
             with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
                 width, height = image.size
-                upright = image.getexif().get(_ORIENTATION_TAG, 1) == 1
+                upright = image.getexif().get(EXIF_ORIENTATION_TAG, 1) == 1
                 return image.mode in ("RGB", "L") and 0 < width * height <= max_pixels and upright
     except Exception:  # noqa: BLE001 - any header Pillow cannot read sends the bytes to the Pillow lane
         return False

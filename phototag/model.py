@@ -48,7 +48,7 @@ class ModelConfig:
             raise ValueError(f"object_heads {sorted(unknown)} are not heads of the model {list(self.head_sizes)}")
 
     @classmethod
-    def for_taxonomy(cls, taxonomy: Taxonomy, **kwargs) -> "ModelConfig":
+    def for_taxonomy(cls, taxonomy: Taxonomy, **kwargs) -> ModelConfig:
         object_heads = tuple(g.name for g in taxonomy.groups if g.kind != SINGLE)
         return cls(head_sizes=taxonomy.head_sizes, object_heads=object_heads, **kwargs)
 
@@ -59,7 +59,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         data = dict(data)
         data["mean"], data["std"] = tuple(data.get("mean", MEAN)), tuple(data.get("std", STD))
         data["object_heads"] = tuple(data.get("object_heads", ()))

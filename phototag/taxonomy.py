@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 DEFAULT_TAXONOMY_PATH = Path(__file__).with_name("taxonomy.json")
 SINGLE = "single"  # exactly one class is true: softmax over the group's logits
@@ -106,7 +107,7 @@ class Taxonomy:
     def thresholds(self) -> dict[str, float]:
         return {c.id: c.threshold for g in self.multi_groups for c in g.classes}
 
-    def with_thresholds(self, thresholds: Mapping[str, float]) -> "Taxonomy":
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> Taxonomy:
         """A copy whose yes/no classes use the given thresholds (classes not named keep theirs)."""
         unknown = set(thresholds) - set(self.thresholds())
         if unknown:
@@ -128,7 +129,7 @@ class Taxonomy:
 
     # ---- (de)serialisation --------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Taxonomy":
+    def from_dict(cls, data: Mapping[str, Any]) -> Taxonomy:
         try:
             raw_groups = data["groups"]
         except (KeyError, TypeError) as exc:
@@ -169,7 +170,7 @@ class Taxonomy:
                 "filename_columns": list(self.filename_columns), "groups": groups}
 
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_TAXONOMY_PATH) -> "Taxonomy":
+    def load(cls, path: str | Path = DEFAULT_TAXONOMY_PATH) -> Taxonomy:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -260,7 +261,8 @@ def logits_to_tags(logits: Iterable[float], taxonomy: Taxonomy, model_version: s
         else:
             probs = [_sigmoid(v) for v in chunk]
             labels = [c.id for c, p in zip(group.classes, probs) if p >= c.threshold]
-            result[group.name] = {"labels": labels, "scores": {c.id: round(p, digits) for c, p in zip(group.classes, probs)}}
+            scores = {c.id: round(p, digits) for c, p in zip(group.classes, probs)}
+            result[group.name] = {"labels": labels, "scores": scores}
             tags.extend(labels)
     result["tags"] = tags
     result["model_version"] = str(model_version)

@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.torchserve_process import REPO, TorchServe
+from serving.torchserve_process import REPO, TorchServe
 
 PYTHON = sys.executable
 
@@ -72,3 +73,80 @@ def server(model_store, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample_images(tiny_dataset) -> list[bytes]:
     return [p.read_bytes() for p in sorted((tiny_dataset.parent / "images").iterdir())]
+
+
+# ---- the `server` marker -------------------------------------------------------------------------------------------
+# `pytest -m "not server"` is the quick run, also on a machine without Java, so the marker must sit on exactly the
+# tests that need a TorchServe. Every TorchServe.start() in the test process is watched, and so is every fixture
+# that leaves a `torchserve` child process behind (the KServe tests start the bundle's server themselves): a test
+# without the marker that starts one, itself or through a fixture it asks for, fails. A marked test that starts
+# none gets a warning.
+_server_fixtures: set[str] = set()  # fixtures seen starting a TorchServe
+_in_setup: list[str] = []  # the fixtures being set up, innermost last
+_current: dict = {"item": None, "started": False}  # the test being run; whether its own body started a TorchServe
+_unwatched_start = TorchServe.start
+
+
+def _watched_start(self, *args, **kwargs):
+    item = _current["item"]
+    if item is not None:
+        if _in_setup:
+            _server_fixtures.add(_in_setup[-1])
+        else:
+            _current["started"] = True
+        if item.get_closest_marker("server") is None:
+            through = f" through fixture {_in_setup[-1]!r}" if _in_setup else ""
+            pytest.fail(f"{item.nodeid} starts TorchServe{through} but is not marked @pytest.mark.server",
+                        pytrace=False)
+    return _unwatched_start(self, *args, **kwargs)
+
+
+TorchServe.start = _watched_start
+
+
+def _torchserve_children() -> set[int]:
+    found = set()
+    for child in psutil.Process().children():
+        try:
+            if any(Path(arg).name == "torchserve" for arg in child.cmdline()[:2]):
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+class _ServerMarkerGuard:
+    """Registered as a plugin of its own: hooks in a conftest only see the nodes below it, and session fixtures
+    (`server`) are set up by the session node."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        _in_setup.append(fixturedef.argname)
+        before = _torchserve_children()
+        try:
+            return (yield)
+        finally:
+            _in_setup.pop()
+            if _torchserve_children() - before:
+                _server_fixtures.add(fixturedef.argname)
+
+    def pytest_runtest_setup(self, item):
+        _current.update(item=item, started=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item):
+        # Fixtures are set up by now, so every one that starts a TorchServe is known, even one started earlier for
+        # another test.
+        marked = item.get_closest_marker("server") is not None
+        fixtures = sorted(_server_fixtures & set(item.fixturenames))
+        if fixtures and not marked:
+            pytest.fail(f"{item.nodeid} uses TorchServe (fixtures {fixtures}) but is not marked @pytest.mark.server",
+                        pytrace=False)
+        result = yield
+        if marked and not fixtures and not _current["started"]:
+            item.warn(pytest.PytestWarning(f"{item.nodeid} is marked server but starts no TorchServe"))
+        return result
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_ServerMarkerGuard(), "server-marker-guard")

@@ -70,7 +70,7 @@ class TorchServeModel(kserve.Model):
                 self.ready = any(w["status"] == "READY" for w in described["workers"])
             except (requests.ConnectionError, requests.Timeout):
                 log.info("The model %s is not ready", self.name)
-            except Exception as exc:  # the wrapper stops asking on any other answer (e.g. 404's error JSON)
+            except Exception as exc:  # noqa: BLE001 - the wrapper stops asking on any other answer (e.g. a 404 JSON)
                 log.info("Failed loading model %s: %r", self.name, exc)
                 break
             time.sleep(delay)  # as the wrapper does: after the successful ask too

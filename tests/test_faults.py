@@ -1,22 +1,31 @@
 """Faults and overload against a real TorchServe of our own (it is killed, flooded and restarted here):
-a SIGKILLed worker is replaced, a flood gets fast 503s, a restart brings back versions and the default."""
+a SIGKILLed worker is replaced and every request comes back, a flood gets well-formed 503s, a restart brings back
+versions and the default. Behaviour only: no check here depends on how fast the machine is; the timings are
+measured by loadtests/reliability.py (docs/reliability.md)."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from client.auth import read_key
 from client.rest import call
-from loadtests.faults import LoadRun, burst, kill_worker, recovery_after, send, steady_load, worker_pids
-from tests.torchserve_process import TorchServe
+from loadtests.faults import LoadRun, burst, send, steady_load, worker_pids
+from serving.torchserve_process import TorchServe
 from training.synth import render_jpegs
 
 pytestmark = pytest.mark.server
 QUEUE = 8  # a small job queue so that a flood overflows it within seconds on a 2-core machine
-CLIENT_TIMEOUT = 15  # seconds; a 2 MP photo is answered in well under a second here
+CLIENTS = 3
+# Seconds a load client waits for an answer that TorchServe may never send (see below). Only how long a lost
+# request takes to count as failed: a slow answer that runs past it is a failure the test accepts too.
+CLIENT_TIMEOUT = 15
 
 
 @pytest.fixture(scope="module")
@@ -33,45 +42,58 @@ def photos() -> list[bytes]:
     return render_jpegs(1632, 1224, count=4)
 
 
+def replaced_workers(ts: TorchServe, killed: int, count: int) -> list[int]:
+    """The worker PIDs once the killed one is gone and `count` workers report a PID again."""
+    while True:  # polls for the event; a server that never replaces the worker is stopped by pytest's timeout
+        assert ts.process.poll() is None, ts.log_text("ts_log.log")[-3000:]
+        pids = worker_pids(ts.management_url, ts.key_file)
+        if killed not in pids and len(pids) == count:
+            return pids
+        time.sleep(0.2)
+
+
 def test_killed_worker_is_replaced_and_nothing_hangs(ts, photos):
-    steady_load(ts.inference_url, ts.key_file, photos, clients=3, seconds=3)  # warm
     before = worker_pids(ts.management_url, ts.key_file)
-    run = LoadRun()
+    run, stop = LoadRun(), threading.Event()
     # TorchServe 0.12 loses the requests a worker thread had gathered into a batch when its backend dies before
     # the batch is sent: they are never answered (seen with 2 workers, where one often waits for a batch).
     # A client must time out and retry, as ours do; these clients give up after CLIENT_TIMEOUT seconds.
-    loader = threading.Thread(target=steady_load, args=(ts.inference_url, ts.key_file, photos, 3, 40, run),
-                              kwargs={"timeout": CLIENT_TIMEOUT})
-    loader.start()
-    time.sleep(5)
-    killed_at = time.monotonic()
-    killed = kill_worker(ts.management_url, ts.key_file)
-    loader.join()
-    after = worker_pids(ts.management_url, ts.key_file)
-    assert killed in before and killed not in after and len(after) == len(before)
+    with ThreadPoolExecutor(1) as pool:
+        load = pool.submit(steady_load, ts.inference_url, ts.key_file, photos, CLIENTS, run=run, stop=stop,
+                           timeout=CLIENT_TIMEOUT)
+        try:
+            with run.changed:  # held from the check to the kill: what is pending here is in flight at the kill
+                run.changed.wait_for(lambda: run.done or (run.answered() >= 2 * CLIENTS and run.pending))
+                assert not run.done, run.outcomes
+                in_flight = set(run.pending)
+                os.kill(before[0], signal.SIGKILL)
+            after = replaced_workers(ts, before[0], len(before))
+            replaced_at = run.sent  # requests numbered from here were sent once the new worker was there
+            assert run.wait_for(lambda r: r.answered(since=replaced_at) >= CLIENTS), run.outcomes
+        finally:
+            stop.set()
+        load.result()  # the load's own errors, if any
+
     failed = run.failed()
-    recovery = recovery_after(run, killed_at)
-    assert recovery is not None and recovery < 60
-    print(f"\nworker kill: {len(run.outcomes)} requests, {len(failed)} failed "
-          f"(statuses {sorted({o.status for o in failed})}), recovery {recovery:.1f} s, "
-          f"slowest {max(o.seconds for o in run.outcomes):.1f} s")
-    assert len(failed) <= 3 * 8  # at most the requests in flight or queued at the moment of the kill
-    # 507: answered "worker died"; 0: lost by the frontend and given up by the client after its timeout.
-    assert all(o.status in (500, 503, 507) or (o.status == 0 and o.seconds >= CLIENT_TIMEOUT - 1) for o in failed)
-    assert max(o.seconds for o in run.outcomes) < CLIENT_TIMEOUT + 5  # nothing else waited
+    print(f"\nworker kill: {run.sent} requests, {len(in_flight)} in flight at the kill, {len(failed)} failed "
+          f"{dict(Counter(o.kind or o.status for o in failed))}")
+    assert in_flight and after != before
+    assert len(run.outcomes) == run.sent and not run.pending  # every request came back, answered or failed
+    # 507: answered "worker died"; timeout: lost by the frontend and given up by the client.
+    assert all((o.status in (500, 503, 507) and o.json_body) or o.kind == "timeout" for o in failed), failed
+    # Only the kill's own casualties: nothing sent once the replacement was up failed.
+    assert all(o.index < replaced_at for o in failed), failed
 
 
-def test_flood_gets_fast_well_formed_503s_and_recovers(ts, photos):
+def test_flood_gets_well_formed_503s_and_recovers(ts, photos):
     run = burst(ts.inference_url, ts.key_file, photos, count=120, concurrency=60)
     rejected = [o for o in run.outcomes if o.status == 503]
     served = [o for o in run.outcomes if o.status == 200]
-    assert {o.status for o in run.outcomes} <= {200, 503}
+    print(f"\nflood: {len(served)} served, {len(rejected)} refused with 503")
+    assert len(served) + len(rejected) == len(run.outcomes) == 120  # no other error, no timeout
     assert rejected and served
-    rejected_latency = sorted(o.seconds for o in rejected)
-    p95 = rejected_latency[int(0.95 * (len(rejected_latency) - 1))]
-    print(f"\nflood: {len(served)} served, {len(rejected)} refused with 503, 503 p95 {p95 * 1000:.0f} ms")
-    assert all(o.json_body for o in rejected)
-    assert p95 < 2.0  # refused at once, not after a timeout
+    # TorchServe's "queue full, retry later" (worded as if there were no worker), as JSON a client can read.
+    assert all(o.json_body and o.kind == "ServiceUnavailableException" for o in rejected), rejected[:3]
     assert send(ts.inference_url, ts.key_file, photos[0]).status == 200  # load gone: served again
 
 

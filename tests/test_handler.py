@@ -15,7 +15,7 @@ from ts.context import Context, RequestProcessor
 from handler.tagger_handler import PhotoTaggerHandler
 from phototag.preprocessing import resize_to_tensor
 from phototag.taxonomy import Taxonomy, TaxonomyError
-from tests.torchserve_process import REPO
+from serving.torchserve_process import REPO
 
 
 def make_context(model_dir, batch_size=8, version="1.0", **handler_settings):

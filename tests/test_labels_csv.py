@@ -1,7 +1,7 @@
 import pytest
 
+from phototag.labels_csv import LabelCsvError, read_labels_csv, write_labels_csv
 from phototag.taxonomy import Taxonomy
-from training.labels_csv import LabelCsvError, read_labels_csv, write_labels_csv
 
 HEADER_RU = "Названия;Время суток;Время года;Местность;Авиа;Автомобили;БПЛА;Водолаз;Кинолог;Кони;Объятия;Шерп"
 

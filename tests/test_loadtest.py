@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.torchserve_process import REPO
+from serving.torchserve_process import REPO
 
 pytestmark = pytest.mark.server
 

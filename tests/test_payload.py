@@ -1,8 +1,10 @@
 import base64
+import json
+import struct
 
 import pytest
 
-from phototag.payload import PayloadError, extract_image_bytes, oip_request
+from phototag.payload import INFERENCE_HEADER, PayloadError, extract_image_bytes, oip_request, read_oip
 
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg-bytes"
 
@@ -73,11 +75,131 @@ def test_oip_request_is_told_apart_from_plain_requests():
     (oip(None), "bad_oip", "ignores raw_input_contents"),
     (oip([]), "bad_oip", "has no data"),
     (oip(["AAAA", "AAAA"]), "bad_oip", "one image per request"),
-    (oip([5]), "bad_oip", "must be a base64 string"),
-    (oip(["###"]), "bad_base64", "OIP input 'image' is not valid base64"),
+    (oip([5]), "bad_oip", "must be a base64 string.*binary tensor extension"),
+    (oip(["###"]), "bad_base64", "OIP input 'image' is not valid base64.*or as raw bytes with the binary tensor"),
     (oip([""]), "empty", "0 bytes"),
 ])
 def test_bad_oip_requests_name_the_problem(request_, reason, text):
     with pytest.raises(PayloadError, match=text) as info:
         extract_image_bytes(request_, "application/json")
     assert info.value.reason == reason
+
+
+# ---- OIP recognised by content: no Content-Type, and the binary tensor extension ----------------------------------
+def oip_json(data, **extra) -> dict:
+    return {"id": "r1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": data}], **extra}
+
+
+def binary_body(elements: list[bytes], **extra) -> tuple[bytes, str]:
+    """(body, Inference-Header-Content-Length) of a binary-extension request, built by the extension's text: the
+    JSON part, then the BYTES tensor's elements, each behind its 4-byte little-endian length."""
+    raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    header = json.dumps({"inputs": [{"name": "image", "shape": [len(elements)], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}], **extra}).encode()
+    return header + raw, str(len(header))
+
+
+def test_oip_json_without_content_type_is_recognised_by_content():
+    encoded = base64.b64encode(JPEG).decode()
+    for body in (json.dumps(oip_json([encoded])).encode(), bytearray(b" \n" + json.dumps(oip_json([encoded])).encode()),
+                 json.dumps(oip_json([encoded])),  # text/*: TorchServe hands it over decoded
+                 oip_json([encoded])):  # application/json: parsed by TorchServe
+        parsed = read_oip({"body": body})
+        assert parsed is not None and not parsed.binary and parsed.problem is None
+        assert parsed.document["id"] == "r1" and extract_image_bytes(parsed) == JPEG
+        assert oip_request({"body": body})["id"] == "r1"
+    # Still plain requests: image bytes, the plain JSON form, JSON-looking bytes that are not JSON, nesting too deep
+    # for the parser (a refusal of that one request, not an exception through the whole batch).
+    for body in (JPEG, b"\x89PNG\r\n", json.dumps({"data": encoded}).encode(), b"{not json", b"{}",
+                 b"[" + json.dumps(oip_json([encoded])).encode() + b"]",
+                 b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        assert read_oip({"body": body}) is None, body[:20]
+
+
+def test_binary_extension_request_gives_the_image():
+    body, length = binary_body([JPEG], id="b-1")
+    parsed = read_oip({"body": bytearray(body)}, length)
+    assert parsed.binary and parsed.problem is None and parsed.document["id"] == "b-1"
+    assert extract_image_bytes(parsed) == JPEG
+    assert oip_request({"body": body}, length)["inputs"][0]["data"] == [JPEG]
+    # An empty element is a refused photo, not a parse error; JSON-data inputs and other datatypes ride along.
+    assert read_oip({"body": binary_body([b""])[0]}, binary_body([b""])[1]).problem is None
+    with pytest.raises(PayloadError, match="0 bytes"):
+        extract_image_bytes(read_oip({"body": binary_body([b""])[0]}, binary_body([b""])[1]))
+    raw = struct.pack("<I", len(JPEG)) + JPEG
+    header = json.dumps({"inputs": [
+        {"name": "threshold", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
+        {"name": "note", "shape": [1], "datatype": "INT32", "data": [7]},
+        {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    parsed = read_oip({"body": header + struct.pack("<f", 0.5) + raw}, f" {len(header)} ")
+    assert extract_image_bytes(parsed) == JPEG and parsed.document["inputs"][0]["data"] == struct.pack("<f", 0.5)
+    # With application/json, TorchServe parses a body that has no binary part: the header still marks it binary.
+    parsed = read_oip({"body": json.loads(binary_body([])[0])}, "999")
+    assert parsed.binary and parsed.problem is None and parsed.document["inputs"][0]["data"] == []
+
+
+def test_the_answer_follows_the_requests_choice_of_encoding():
+    body, length = binary_body([JPEG])
+    assert not read_oip({"body": body}, length).binary_output("tags")  # the extension's default: JSON
+    for extra, binary in (({"parameters": {"binary_data_output": True}}, True),
+                          ({"parameters": {"binary_data_output": False}}, False),
+                          ({"outputs": [{"name": "tags", "parameters": {"binary_data": True}}]}, True),
+                          ({"outputs": [{"name": "tags", "parameters": {"binary_data": False}}],
+                            "parameters": {"binary_data_output": True}}, False),  # the output's own choice wins
+                          ({"outputs": [{"name": "other", "parameters": {"binary_data": True}}]}, False),
+                          ({"outputs": ["tags", 5], "parameters": {"binary_data_output": True}}, True)):
+        body, length = binary_body([JPEG], **extra)
+        assert read_oip({"body": body}, length).binary_output("tags") is binary, extra
+        # A JSON request may ask for binary outputs too (tritonclient does whenever it names none), but is always
+        # answered in JSON: KServe's wrapper forwards the parameter and then reads the answer as JSON only.
+        assert read_oip({"body": oip_json(["AAAA"], **extra)}).binary_output("tags") is False
+
+
+def _with_header(document: dict, tail: bytes = b"") -> tuple[bytes, str]:
+    header = json.dumps(document).encode()
+    return header + tail, str(len(header))
+
+
+_PREFIXED = struct.pack("<I", len(JPEG)) + JPEG
+
+
+@pytest.mark.parametrize("body_and_length, text", [
+    ((binary_body([JPEG])[0], "abc"), f"{INFERENCE_HEADER} must be the byte length of the JSON part, a whole number"),
+    ((binary_body([JPEG])[0], "-5"), "a whole number, got '-5'"),
+    ((binary_body([JPEG])[0], "12.0"), "a whole number"),
+    ((binary_body([JPEG])[0], ""), "a whole number, got ''"),
+    ((binary_body([JPEG])[0], "\u00b2"), "a whole number"),  # a digit to str.isdigit, not to int()
+    ((b'{"inputs": []}', "4000"), f"{INFERENCE_HEADER} is 4000 but the body has only 14 bytes"),
+    ((binary_body([JPEG])[0], "10"), "the first 10 bytes .* is not valid JSON"),
+    (_with_header({"id": "x"}), "not an OIP inference request: expected an object with an 'inputs' list"),
+    (_with_header({"inputs": "image"}), "'inputs' list"),
+    # sizes that do not add up, either way
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "parameters": {"binary_data_size": 10}}]},
+                  _PREFIXED), f"add up to 10 bytes, but {len(_PREFIXED)} bytes follow"),
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "parameters": {"binary_data_size": 999}}]},
+                  _PREFIXED), f"add up to 999 bytes, but {len(_PREFIXED)} bytes follow"),
+    # missing binary_data_size: the bytes belong to no input, or the input has no data at all
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}, _PREFIXED),
+     f"add up to 0 bytes, but {len(_PREFIXED)} bytes follow"),
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}),
+     "input 'image' has neither 'data' nor a binary_data_size parameter"),
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "parameters": {"binary_data_size": "12"}}]}),
+     "binary_data_size must be a whole number of bytes, got '12'"),
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "parameters": {"binary_data_size": True}}]}),
+     "binary_data_size must be a whole number of bytes, got True"),
+    # BYTES elements without their length prefix (the raw file), or cut inside one
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "parameters": {"binary_data_size": len(JPEG)}}]},
+                  JPEG), "a BYTES element declares \\d+ bytes but only \\d+ follow; each element must be preceded"),
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "parameters": {"binary_data_size": 2}}]},
+                  b"\x05\x00"), "ends inside an element's 4-byte length prefix"),
+    # a body of empty elements is refused before it is split into millions
+    (_with_header({"inputs": [{"name": "image", "datatype": "BYTES", "parameters": {"binary_data_size": 4 << 20}}]},
+                  bytes(4 << 20)), "holds more than 16 elements; send one image per request"),
+])
+def test_bad_binary_requests_name_the_problem_and_stay_oip(body_and_length, text):
+    body, length = body_and_length
+    parsed = read_oip({"body": body}, length)  # never raises: the rest of the batch must go on
+    assert parsed is not None and parsed.binary and parsed.problem is not None
+    with pytest.raises(PayloadError, match=text) as info:
+        extract_image_bytes(parsed)
+    assert info.value.reason == "bad_oip"

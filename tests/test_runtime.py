@@ -8,6 +8,7 @@ from torch import nn
 
 from phototag.checkpoint import load_model
 from phototag.compiled import BucketedCompiledModel, batch_buckets
+from phototag.handler_settings import HandlerSettings
 from phototag.inference import Runtime, native_bf16, predict_logits, prepare_model
 
 
@@ -21,14 +22,12 @@ def test_auto_precision_follows_the_hardware():
 
 
 def test_handler_settings_resolve_to_a_runtime():
-    runtime = Runtime.from_settings({"device": "cpu", "precision": "fp32", "channels_last": False})
-    assert runtime == Runtime(torch.device("cpu"), bf16=False, channels_last=False)
-    assert Runtime.from_settings({}).channels_last is True  # the shipped default
-    with pytest.raises(ValueError, match="auto, cpu or cuda"):
-        Runtime.from_settings({"device": "tpu"})
+    settings = HandlerSettings.from_section({"device": "cpu", "precision": "fp32", "channels_last": False})
+    assert Runtime.from_settings(settings) == Runtime(torch.device("cpu"), bf16=False, channels_last=False)
+    assert Runtime.from_settings(HandlerSettings.from_section(None)).channels_last is True  # the default
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="sees no CUDA device"):
-            Runtime.from_settings({"device": "cuda"})
+            Runtime.from_settings(HandlerSettings(device="cuda"))
 
 
 def test_bf16_and_channels_last_keep_the_answers(tiny_run, sample_images):

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from client.rest import call, tag_image
+from serving.torchserve_process import REPO, TorchServe, derive_config
 from tests.conftest import run
-from tests.torchserve_process import REPO, TorchServe, derive_config
 
 pytestmark = pytest.mark.server
 

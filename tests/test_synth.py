@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from phototag.labels_csv import labels_to_row
 from phototag.taxonomy import MULTI, SINGLE, UNKNOWN, Taxonomy
 from training import synth
-from training.labels_csv import labels_to_row
+from training.synth import dataset, shapes
 
 TAXONOMY = Taxonomy.load()
 SEEDS = range(5)
@@ -109,7 +110,7 @@ def test_rejects_bad_arguments(tmp_path):
 
 
 def test_cli_writes_dataset_and_prints_summary(tmp_path, capsys):
-    assert synth.main(["--out", str(tmp_path), "--count", "3", "--seed", "4", "--min-size", "64",
+    assert dataset.main(["--out", str(tmp_path), "--count", "3", "--seed", "4", "--min-size", "64",
                        "--max-size", "96", "--workers", "1"]) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "3 images" in line and "time_of_day:" in line and "aviation=" in line
@@ -192,18 +193,18 @@ def test_unknown_time_shows_no_blue_sky():
 def _draw_alone(name: str, size: int = 160) -> np.ndarray:
     """Alpha mask of one object shape drawn on a transparent canvas."""
     canvas = Image.new("RGBA", (480, 480), (0, 0, 0, 0))
-    pen = synth._Pen(ImageDraw.Draw(canvas, "RGBA"), 240, 330, size)
+    pen = shapes.Pen(ImageDraw.Draw(canvas, "RGBA"), 240, 330, size)
     rng, lights = random.Random(5), []
     painters = {
-        "aviation": lambda: synth.draw_airplane(pen, rng, lights),
-        "helicopter": lambda: synth.draw_helicopter(pen, rng, lights),
-        "cars": lambda: synth.draw_car(pen, rng),
-        "drone": lambda: synth.draw_drone(pen, rng, lights),
-        "diver": lambda: synth.draw_diver(pen, rng, "summer"),
-        "dog_handler": lambda: synth.draw_dog_handler(pen, rng),
-        "horses": lambda: synth.draw_horse(pen, rng),
-        "hugs": lambda: synth.draw_hugs(pen, rng),
-        "sherp": lambda: synth.draw_sherp(pen, rng),
+        "aviation": lambda: shapes.draw_airplane(pen, rng, lights),
+        "helicopter": lambda: shapes.draw_helicopter(pen, rng, lights),
+        "cars": lambda: shapes.draw_car(pen, rng),
+        "drone": lambda: shapes.draw_drone(pen, rng, lights),
+        "diver": lambda: shapes.draw_diver(pen, rng, "summer"),
+        "dog_handler": lambda: shapes.draw_dog_handler(pen, rng),
+        "horses": lambda: shapes.draw_horse(pen, rng),
+        "hugs": lambda: shapes.draw_hugs(pen, rng),
+        "sherp": lambda: shapes.draw_sherp(pen, rng),
     }
     painters[name]()
     return np.asarray(canvas)[..., 3] > 0

@@ -1,24 +1,29 @@
 """Bulk tagging of a photo folder (client.tag_folder) against a real TorchServe with token auth: every photo once,
 refusals recorded with the server's reason, the CSV readable by the training reader, resume after an interruption,
-retries of transient failures and of a refused (rotated) key, gRPC, and the command line."""
+a refused (rotated) key read again, gRPC, and the command line. The failure paths are real too, on a TorchServe of
+this module's own: 503s from a full job queue, a killed worker, and a server that stops mid-run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from client.grpc_client import GrpcTagger
-from client.rest import ServiceError
-from client.tag_folder import GIVE_UP_AFTER, build_parser, rest_tagger, tag_folder
+from client.rest import call
+from client.tag_folder import GIVE_UP_AFTER, build_parser, failure_of, rest_tagger, tag_folder
+from loadtests.faults import worker_pids
+from phototag.labels_csv import read_labels_csv
 from phototag.taxonomy import Taxonomy
+from serving.torchserve_process import TorchServe
 from tests.conftest import PYTHON, run
-from training.labels_csv import read_labels_csv
+from training.synth import render_jpegs
 
 TAXONOMY = Taxonomy.load()
 ANSWER_KEYS = {"file", "status", "time_of_day", "season", "terrain", "objects", "tags", "model_version"}
@@ -64,12 +69,40 @@ def folder(tiny_dataset, tmp_path) -> PhotoFolder:
     return PhotoFolder(root, {data: name for name, data in files.items()})
 
 
-class Recording:
-    """Wraps a tagger and counts, per file name, how often it was called."""
+@pytest.fixture(scope="module")
+def phone_photos(tmp_path_factory) -> PhotoFolder:
+    """16 phone-sized (2 MP) JPEGs, 00.jpg to 15.jpg: enough decoding per request to keep one worker busy."""
+    root = tmp_path_factory.mktemp("phone_photos")
+    names = {}
+    for index, data in enumerate(render_jpegs(1632, 1224, count=16, seed=15)):
+        (root / f"{index:02d}.jpg").write_bytes(data)
+        names[data] = f"{index:02d}.jpg"
+    assert len(names) == 16
+    return PhotoFolder(root, names)
 
-    def __init__(self, tagger, folder: PhotoFolder, before=None):
-        self.tagger, self.names, self.before = tagger, folder.names, before
+
+@pytest.fixture(scope="module")
+def lean_server(model_store, tmp_path_factory):
+    """A TorchServe of this module's own, since it is flooded, killed and stopped here: one worker, so that a kill
+    takes the whole service down for a moment, and a job queue of one, so that a few photos at once overflow it."""
+    ts = TorchServe(tmp_path_factory.mktemp("tag_folder_ts"), model_store, extra_config={"job_queue_size": "1"})
+    ts.start()
+    scaled = call("PUT", f"{ts.management_url}/models/tagger?min_worker=1&max_worker=1&synchronous=true",
+                  "management", ts.key_file)
+    assert scaled.status_code == 200, scaled.text
+    yield ts
+    ts.stop()
+
+
+class Recording:
+    """Wraps a tagger and records, per file name, each call's outcome: "ok", or the failure's reason as the folder
+    tagger classifies it (http_503, connection, ...). `before(name, count)` and `after(name, outcome)` let a test
+    act at a known point of the run."""
+
+    def __init__(self, tagger, folder: PhotoFolder, before=None, after=None):
+        self.tagger, self.names, self.before, self.after = tagger, folder.names, before, after
         self.calls: Counter = Counter()
+        self.outcomes: dict[str, list[str]] = {}
         self.lock = threading.Lock()
 
     def __call__(self, data: bytes) -> dict:
@@ -79,7 +112,24 @@ class Recording:
             count = self.calls[name]
         if self.before:
             self.before(name, count)
-        return self.tagger(data)
+        outcome = "ok"
+        try:
+            answer = self.tagger(data)
+            if "error" in answer:  # gRPC carries the handler's refusal as the answer
+                outcome = str(answer.get("reason"))
+            return answer
+        except Exception as exc:
+            outcome = failure_of(exc).reason
+            raise
+        finally:
+            with self.lock:
+                self.outcomes.setdefault(name, []).append(outcome)
+            if self.after:
+                self.after(name, outcome)
+
+    def having(self, outcome: str) -> set[str]:
+        with self.lock:
+            return {name for name, outcomes in self.outcomes.items() if outcome in outcomes}
 
 
 def make_tagger(server, transport: str, key_file=None):
@@ -120,6 +170,7 @@ def check_outputs(out: Path, folder: PhotoFolder) -> list[dict]:
     return records
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_tags_every_photo_once_and_records_refusals(server, folder, tmp_path, transport):
     tagger, close = make_tagger(server, transport)
@@ -135,6 +186,7 @@ def test_tags_every_photo_once_and_records_refusals(server, folder, tmp_path, tr
     check_outputs(tmp_path / "out", folder)
 
 
+@pytest.mark.server
 def test_interrupted_run_resumes_without_sending_photos_again(server, folder, tmp_path):
     out, tagger, done = tmp_path / "out", rest_tagger(server.inference_url, server.key_file), 3
 
@@ -165,65 +217,120 @@ def test_interrupted_run_resumes_without_sending_photos_again(server, folder, tm
     check_outputs(out, folder)
 
 
-def test_transient_failures_are_retried_and_recorded_when_they_persist(server, folder, tmp_path):
-    unavailable = '{"code": 503, "type": "ServiceUnavailableException", "message": "Model tagger has no worker"}'
-    always_down = folder.good[0]
+@pytest.mark.server
+def test_a_full_queue_is_retried_and_a_rerun_sends_only_what_is_left(lean_server, phone_photos, tmp_path):
+    out, attempts = tmp_path / "out", 7
+    first = Recording(rest_tagger(lean_server.inference_url, lean_server.key_file), phone_photos)
+    # 8 photos at once against a queue of one: TorchServe refuses what does not fit with 503, at once.
+    summary = tag_folder(phone_photos.root, out, tagger=first, concurrency=8, retries=attempts - 1, backoff=0.1,
+                         progress=False)
+    refused = first.having("http_503")
+    print(f"\nfull queue: {sum(first.calls.values())} calls for {len(first.calls)} photos, "
+          f"{len(refused)} photos refused with 503 at least once, {summary.tagged} tagged")
+    assert refused, first.outcomes
+    assert any(first.outcomes[name][-1] == "ok" for name in refused), first.outcomes  # tagged on a retry
+    for name, outcomes in first.outcomes.items():  # tried until tagged, or until the retries ran out
+        assert outcomes[-1] == "ok" or outcomes == ["http_503"] * attempts or summary.gave_up, (name, outcomes)
+        assert set(outcomes[:-1]) <= {"http_503"}, (name, outcomes)
+    records = read_jsonl(out)
+    tagged = [r["file"] for r in records if r["status"] == "ok"]
+    # What could not get in is recorded with its cause, and counted; nothing is lost or half-written.
+    assert all(r["status"] == "ok" or (r["reason"], r["http_status"]) == ("http_503", 503) for r in records)
+    assert (summary.tagged, summary.failed) == (len(tagged), Counter({"http_503": len(records) - len(tagged)}))
 
-    def flaky(name, count):
-        if name == always_down:
-            raise ServiceError(503, unavailable)
-        if count == 1:
-            raise requests.ConnectionError("connection reset") if name == folder.good[1] \
-                else ServiceError(503, unavailable)
-
-    recording = Recording(rest_tagger(server.inference_url, server.key_file), folder, before=flaky)
-    summary = tag_folder(folder.root, tmp_path / "out", tagger=recording, retries=2, backoff=0.01, progress=False)
-    assert recording.calls == Counter({name: 3 if name == always_down else 2 for name in folder.sent})
-    assert summary.tagged == len(folder.good) - 1
-    assert summary.failed == Counter({**Counter(REFUSED.values()), "http_503": 1})
-    [down] = [r for r in read_jsonl(tmp_path / "out") if r["file"] == always_down]
-    assert down["status"] == "failed" and down["http_status"] == 503 and "no worker" in down["error"]
+    # One photo at a time never overflows the queue: the rest gets in, and nothing tagged is sent again.
+    second = Recording(rest_tagger(lean_server.inference_url, lean_server.key_file), phone_photos)
+    summary = tag_folder(phone_photos.root, out, tagger=second, concurrency=1, progress=False)
+    assert second.calls == Counter(name for name in phone_photos.sent if name not in tagged)
+    assert (summary.resumed, summary.tagged, summary.failed) == (
+        len(tagged), len(phone_photos.sent) - len(tagged), Counter())
+    assert [(r["file"], r["status"]) for r in read_jsonl(out)] == [(name, "ok") for name in phone_photos.sent]
 
 
+@pytest.mark.server
+def test_a_killed_worker_fails_its_batch_and_the_batch_is_retried(lean_server, phone_photos, tmp_path):
+    [pid] = worker_pids(lean_server.management_url, lean_server.key_file)
+    first_answer = threading.Lock()
+
+    def kill_at_the_first_answer(name, outcome):
+        # The worker has just answered; the other photos in flight are gathered into its next batch.
+        if outcome == "ok" and first_answer.acquire(blocking=False):
+            os.kill(pid, signal.SIGKILL)
+
+    recording = Recording(rest_tagger(lean_server.inference_url, lean_server.key_file), phone_photos,
+                          after=kill_at_the_first_answer)
+    # The retries outlast the worker's restart, during which TorchServe answers 503 (no worker): retried too.
+    summary = tag_folder(phone_photos.root, tmp_path / "out", tagger=recording, concurrency=4, retries=8,
+                         progress=False)
+    died = recording.having("http_507")  # TorchServe's "worker died" for the batch the kill hit
+    print(f"\nworker kill: {len(died)} photos answered 507, then "
+          f"{dict(Counter(o for outcomes in recording.outcomes.values() for o in outcomes))} in all")
+    assert died, recording.outcomes
+    assert all(recording.outcomes[name][-1] == "ok" for name in died)
+    seen = {outcome for outcomes in recording.outcomes.values() for outcome in outcomes}
+    assert seen <= {"ok", "http_507", "http_503"}, recording.outcomes
+    assert (summary.tagged, summary.failed, summary.gave_up) == (len(phone_photos.sent), Counter(), None)
+    assert [r["status"] for r in read_jsonl(tmp_path / "out")] == ["ok"] * len(phone_photos.sent)
+    [replacement] = worker_pids(lean_server.management_url, lean_server.key_file)
+    assert replacement != pid
+
+
+@pytest.mark.server
+def test_a_stopped_server_ends_the_run_early_and_a_rerun_resumes(lean_server, phone_photos, tmp_path):
+    out, served, sent = tmp_path / "out", 2, phone_photos.sent
+
+    def stop_the_server_after_two_answers(name, outcome):
+        if outcome == "ok" and len(first.having("ok")) == served:
+            lean_server.stop()  # from here on every connection is refused
+
+    first = Recording(rest_tagger(lean_server.inference_url, lean_server.key_file), phone_photos,
+                      after=stop_the_server_after_two_answers)
+    summary = tag_folder(phone_photos.root, out, tagger=first, concurrency=1, retries=1, backoff=0.05,
+                         progress=False)
+    # Each refused connection is retried, then recorded; after GIVE_UP_AFTER photos in a row the run stops rather
+    # than trying every remaining photo against a server that is not there.
+    down = sent[served:served + GIVE_UP_AFTER]
+    assert summary.gave_up == f"{GIVE_UP_AFTER} photos in a row failed with connection"
+    assert (summary.tagged, summary.failed) == (served, Counter({"connection": GIVE_UP_AFTER}))
+    assert all(first.outcomes[name] == ["connection", "connection"] for name in down), first.outcomes
+    records = read_jsonl(out)
+    assert [(r["file"], r["status"], r.get("reason")) for r in records] == (
+        [(name, "ok", None) for name in sent[:served]] + [(name, "failed", "connection") for name in down])
+    assert set(sent) - set(first.calls), "every photo was sent: the run did not stop early"
+
+    lean_server.start()
+    second = Recording(rest_tagger(lean_server.inference_url, lean_server.key_file), phone_photos)
+    summary = tag_folder(phone_photos.root, out, tagger=second, concurrency=1, progress=False)
+    assert second.calls == Counter(sent[served:])  # the failed and the unsent photos, once each
+    assert (summary.resumed, summary.tagged, summary.failed) == (served, len(sent) - served, Counter())
+    assert [(r["file"], r["status"]) for r in read_jsonl(out)] == [(name, "ok") for name in sent]
+    assert [row.filename for row in read_labels_csv(out / "tags.csv", TAXONOMY)] == sent
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_a_refused_key_is_read_again_from_the_key_file(server, folder, tmp_path, transport):
-    """The key file still holds an old inference key; TorchServe's rewrite of the file arrives a moment later."""
+    """The key file still holds an old inference key; TorchServe's rewrite of the file arrives only once the server
+    has refused the old key, as when a rotation lands in the middle of a run."""
     key_file = tmp_path / "key_file.json"
     keys = json.loads(server.key_file.read_text())
     key_file.write_text(json.dumps({**keys, "inference": {**keys["inference"], "key": "expired"}}))
-    rotation = threading.Timer(0.5, lambda: shutil.copy(server.key_file, key_file))
-    refused = Counter()
     tagger, close = make_tagger(server, transport, key_file)
+    first_refusal = threading.Lock()
 
-    def counting_refusals(data):
-        try:
-            return tagger(data)
-        except Exception as exc:
-            refused[type(exc).__name__] += 1
-            raise
+    def rotate_at_the_first_refusal(name, outcome):
+        if outcome == "auth_refused" and first_refusal.acquire(blocking=False):
+            shutil.copy(server.key_file, key_file)
 
-    rotation.start()
+    recording = Recording(tagger, folder, after=rotate_at_the_first_refusal)
     try:
-        summary = tag_folder(folder.root, tmp_path / "out", tagger=counting_refusals, backoff=0.2, progress=False)
+        summary = tag_folder(folder.root, tmp_path / "out", tagger=recording, backoff=0.2, progress=False)
     finally:
-        rotation.cancel()
         close()
-    assert refused, "the stale key was never refused"
+    assert first_refusal.locked(), recording.outcomes  # the stale key was refused, and the file rewritten
+    assert all(outcomes[-1] == REFUSED.get(name, "ok") for name, outcomes in recording.outcomes.items())
     assert summary.tagged == len(folder.good) and summary.failed == Counter(REFUSED.values())
-
-
-def test_stops_early_when_the_server_is_unreachable(tmp_path):
-    root = tmp_path / "photos"
-    root.mkdir()
-    for i in range(GIVE_UP_AFTER + 5):
-        (root / f"{i:03d}.jpg").write_bytes(b"\xff\xd8\xff%d" % i)
-
-    def down(data):
-        raise requests.ConnectionError("Connection refused")
-
-    summary = tag_folder(root, tmp_path / "out", tagger=down, concurrency=1, retries=1, backoff=0, progress=False)
-    assert summary.gave_up and summary.failed == Counter({"connection": GIVE_UP_AFTER})
-    assert [r["reason"] for r in read_jsonl(tmp_path / "out")] == ["connection"] * GIVE_UP_AFTER
+    check_outputs(tmp_path / "out", folder)
 
 
 def test_csv_rows_use_the_original_codes(tmp_path):
@@ -243,6 +350,7 @@ def test_every_option_is_documented():
     assert all(action.help for action in build_parser()._actions)
 
 
+@pytest.mark.server
 def test_command_line(server, folder):
     out = folder.root / "_results"  # inside the folder it tags: it must not tag (or count) its own output
     command = [PYTHON, "-m", "client.tag_folder", str(folder.root), "--out", str(out), "--url", server.inference_url,

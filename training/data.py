@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from phototag.decoding import ImageDecodeError
 from phototag.inference import load_image
+from phototag.labels_csv import LabeledImage, read_labels_csv, split_missing
 from phototag.taxonomy import SINGLE, Taxonomy
-from training.labels_csv import LabeledImage, read_labels_csv
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class InMemoryDataset:
     def __len__(self) -> int:
         return len(self.filenames)
 
-    def subset(self, indices: torch.Tensor) -> "InMemoryDataset":
+    def subset(self, indices: torch.Tensor) -> InMemoryDataset:
         return InMemoryDataset(self.images[indices], {k: v[indices] for k, v in self.targets.items()},
                                [self.filenames[i] for i in indices.tolist()], {})
 
@@ -78,13 +78,7 @@ def load_labeled_folder(csv_path: str | Path, image_dir: str | Path | None, taxo
     csv_path = Path(csv_path)
     image_dir = Path(image_dir) if image_dir else csv_path.parent / "images"
     rows: list[LabeledImage] = read_labels_csv(csv_path, taxonomy)[:limit]
-    skipped: dict[str, str] = {}
-    present: list[LabeledImage] = []
-    for row in rows:
-        if (image_dir / row.filename).is_file():
-            present.append(row)
-        else:
-            skipped[row.filename] = f"missing file (CSV line {row.line})"
+    present, skipped = split_missing(rows, image_dir)
     decoded: dict[int, torch.Tensor] = {}
     loader = DataLoader(_DecodeFiles([image_dir / r.filename for r in present], image_size, resize), batch_size=16,
                         num_workers=workers, collate_fn=_keep_as_list)

@@ -31,10 +31,10 @@ from client.rest import ServiceError, tag_image
 from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
 from phototag.inference import PRECISIONS, Runtime, load_image, predict_logits, prepare_model
+from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv, split_missing
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError, logits_to_tags
 from training import report
-from training.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
-from training.metrics import f1_score, single_choice_metrics
+from training.metrics import metrics_from_predictions
 from training.object_sizes import breakdown_by_size, format_breakdown, object_sizes
 from training.report import threshold_text
 from training.synth import read_object_boxes
@@ -61,25 +61,16 @@ class Evaluation:
 
 
 # ---- getting answers ------------------------------------------------------------------------------------------
-def _split_missing(rows: list[LabeledImage], image_dir: Path) -> tuple[list[LabeledImage], dict[str, str]]:
-    present, skipped = [], {}
-    for row in rows:
-        if (image_dir / row.filename).is_file():
-            present.append(row)
-        else:
-            skipped[row.filename] = f"missing file (CSV line {row.line})"
-    return present, skipped
-
-
 def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxonomy: Taxonomy,
                         *, batch_size: int = 32, device: str = "auto", precision: str = "auto",
-                        workers: int = 2, max_pixels: int = MAX_PIXELS) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
+                        workers: int = 2, max_pixels: int = MAX_PIXELS,
+                        ) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
     """Answers of a model (from `load_model`) for every readable listed image, computed as the handler does:
     phototag.inference.load_image, one batched forward pass (predict_logits) in eval mode, logits_to_tags."""
     runtime = Runtime.resolve(device, precision)  # as the handler resolves its defaults
     prepare_model(model, runtime)
     image_size = model.config.image_size
-    present, skipped = _split_missing(rows, image_dir)
+    present, skipped = split_missing(rows, image_dir)
 
     def prepare(row: LabeledImage) -> torch.Tensor | str:
         try:
@@ -122,7 +113,7 @@ def tag_with_server(rows: list[LabeledImage], image_dir: Path, url: str, *, key_
                     model: str = "tagger", version: str | None = None,
                     concurrency: int = 4) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
     """Answers of the running service (REST, token from the key file); concurrent requests let it batch them."""
-    present, skipped = _split_missing(rows, image_dir)
+    present, skipped = split_missing(rows, image_dir)
     local = threading.local()
 
     def ask(row: LabeledImage) -> dict | str:
@@ -165,13 +156,6 @@ def check_answers(answers: list[dict], taxonomy: Taxonomy) -> None:
 
 
 # ---- metrics from answers -------------------------------------------------------------------------------------
-def precision_recall(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
-    """Binary precision and recall; 0.0 where undefined (as f1_score does)."""
-    truth, predicted = truth.astype(bool), predicted.astype(bool)
-    tp = float(np.sum(truth & predicted))
-    return (tp / int(predicted.sum()) if predicted.any() else 0.0), (tp / int(truth.sum()) if truth.any() else 0.0)
-
-
 def _truth_and_predictions(rows: list[LabeledImage], answers: list[dict], taxonomy: Taxonomy) -> dict:
     """Per group: (truth, predicted) class indices [N] (single) or 0/1 [N, K] (objects), plus object scores."""
     out = {}
@@ -191,33 +175,11 @@ def _truth_and_predictions(rows: list[LabeledImage], answers: list[dict], taxono
 
 
 def compute_metrics(rows: list[LabeledImage], answers: list[dict], taxonomy: Taxonomy) -> dict:
-    """Per single-choice head accuracy, macro-F1 and confusion matrix; per object precision, recall, F1; headline.
-
-    Shaped like training.metrics.evaluate_logits (so format_metrics prints it), computed from the answers only.
-    """
+    """training.metrics.metrics_from_predictions of the served answers (so format_metrics prints it)."""
     parts = _truth_and_predictions(rows, answers, taxonomy)
-    result: dict = {}
-    object_f1 = []
-    for group in taxonomy.groups:
-        truth, pred, _ = parts[group.name]
-        if group.kind == SINGLE:
-            m = single_choice_metrics(truth, pred, group.size)
-            confusion = np.zeros((group.size, group.size), dtype=np.int64)
-            np.add.at(confusion, (truth, pred), 1)
-            m.update(classes=group.class_ids, confusion=confusion.tolist(),
-                     f1_per_class={c: f1_score(truth == k, pred == k) for k, c in enumerate(group.class_ids)})
-            result[group.name] = m
-        else:
-            f1, precision, recall, positives, predicted = {}, {}, {}, {}, {}
-            for k, cls in enumerate(group.classes):
-                f1[cls.id] = f1_score(truth[:, k], pred[:, k])
-                precision[cls.id], recall[cls.id] = precision_recall(truth[:, k], pred[:, k])
-                positives[cls.id], predicted[cls.id] = int(truth[:, k].sum()), int(pred[:, k].sum())
-            result[group.name] = {"f1": f1, "precision": precision, "recall": recall, "positives": positives,
-                                  "predicted": predicted, "mean_f1": float(np.mean(list(f1.values())))}
-            object_f1.extend(f1.values())
-    result["mean_object_f1"] = float(np.mean(object_f1)) if object_f1 else float("nan")
-    return result
+    truth = {name: true for name, (true, _, _) in parts.items()}
+    predicted = {name: pred for name, (_, pred, _) in parts.items()}
+    return metrics_from_predictions(truth, predicted, taxonomy)
 
 
 def pr_curve(truth: np.ndarray, scores: np.ndarray) -> dict:

@@ -38,44 +38,74 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def evaluate_logits(logits: np.ndarray, targets: dict[str, np.ndarray], taxonomy: Taxonomy) -> dict:
-    """Metrics of logits [N, num_logits] against targets (per group: class indices [N] or 0/1 [N, K])."""
-    taxonomy.check_model_outputs(logits.shape[1])
+def precision_recall(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """Binary precision and recall; 0.0 where undefined (as f1_score does)."""
+    truth, predicted = truth.astype(bool), predicted.astype(bool)
+    tp = float(np.sum(truth & predicted))
+    return (tp / int(predicted.sum()) if predicted.any() else 0.0), (tp / int(truth.sum()) if truth.any() else 0.0)
+
+
+def metrics_from_predictions(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray],
+                             taxonomy: Taxonomy) -> dict:
+    """The one metrics routine: per group, truth and predictions as class indices [N] (single-choice) or 0/1
+    [N, K] (objects). Single-choice heads get accuracy, macro-F1, per-class F1 and the confusion matrix (rows:
+    truth); each object its F1, precision, recall and counts; plus the headline mean object F1. Logits, served
+    answers and baselines are all converted into predictions first."""
     result: dict = {}
     object_f1 = []
     for group in taxonomy.groups:
-        chunk = logits[:, group.logits]
+        true, pred = np.asarray(truth[group.name]), np.asarray(predicted[group.name])
         if group.kind == SINGLE:
-            result[group.name] = single_choice_metrics(targets[group.name], chunk.argmax(axis=1), group.size)
+            m = single_choice_metrics(true, pred, group.size)
+            confusion = np.zeros((group.size, group.size), dtype=np.int64)
+            np.add.at(confusion, (true, pred), 1)
+            m.update(classes=group.class_ids, confusion=confusion.tolist(),
+                     f1_per_class={c: f1_score(true == k, pred == k) for k, c in enumerate(group.class_ids)})
+            result[group.name] = m
         else:
-            probs = sigmoid(chunk)
-            per_class = {}
+            f1, precision, recall, positives, predicted_count = {}, {}, {}, {}, {}
             for k, cls in enumerate(group.classes):
-                per_class[cls.id] = f1_score(targets[group.name][:, k], probs[:, k] >= cls.threshold)
-            result[group.name] = {"f1": per_class, "mean_f1": float(np.mean(list(per_class.values())))}
-            object_f1.extend(per_class.values())
+                f1[cls.id] = f1_score(true[:, k], pred[:, k])
+                precision[cls.id], recall[cls.id] = precision_recall(true[:, k], pred[:, k])
+                positives[cls.id], predicted_count[cls.id] = int(true[:, k].sum()), int(pred[:, k].sum())
+            result[group.name] = {"f1": f1, "precision": precision, "recall": recall, "positives": positives,
+                                  "predicted": predicted_count, "mean_f1": float(np.mean(list(f1.values())))}
+            object_f1.extend(f1.values())
     result["mean_object_f1"] = float(np.mean(object_f1)) if object_f1 else float("nan")
     return result
+
+
+def predictions_from_logits(logits: np.ndarray, taxonomy: Taxonomy) -> dict[str, np.ndarray]:
+    """Logits [N, num_logits] -> per group the argmax [N] or (sigmoid >= the class's threshold) [N, K]."""
+    taxonomy.check_model_outputs(logits.shape[1])
+    predicted = {}
+    for group in taxonomy.groups:
+        chunk = logits[:, group.logits]
+        if group.kind == SINGLE:
+            predicted[group.name] = chunk.argmax(axis=1)
+        else:
+            predicted[group.name] = sigmoid(chunk) >= np.array([c.threshold for c in group.classes])
+    return predicted
+
+
+def evaluate_logits(logits: np.ndarray, targets: dict[str, np.ndarray], taxonomy: Taxonomy) -> dict:
+    """Metrics of logits [N, num_logits] against targets (per group: class indices [N] or 0/1 [N, K])."""
+    return metrics_from_predictions(targets, predictions_from_logits(logits, taxonomy), taxonomy)
 
 
 def majority_baseline(train_targets: dict[str, np.ndarray], eval_targets: dict[str, np.ndarray],
                       taxonomy: Taxonomy) -> dict:
     """What predicting the training set's most frequent answer for every head scores on the eval targets."""
-    result: dict = {}
-    object_f1 = []
+    predicted = {}
     for group in taxonomy.groups:
-        truth = eval_targets[group.name]
+        count = len(eval_targets[group.name])
         if group.kind == SINGLE:
             majority = np.bincount(train_targets[group.name], minlength=group.size).argmax()
-            result[group.name] = single_choice_metrics(truth, np.full_like(truth, majority), group.size)
+            predicted[group.name] = np.full(count, majority)
         else:
             majority = train_targets[group.name].mean(axis=0) >= 0.5
-            per_class = {c.id: f1_score(truth[:, k], np.full(len(truth), majority[k]))
-                         for k, c in enumerate(group.classes)}
-            result[group.name] = {"f1": per_class, "mean_f1": float(np.mean(list(per_class.values())))}
-            object_f1.extend(per_class.values())
-    result["mean_object_f1"] = float(np.mean(object_f1)) if object_f1 else float("nan")
-    return result
+            predicted[group.name] = np.tile(majority, (count, 1))
+    return metrics_from_predictions(eval_targets, predicted, taxonomy)
 
 
 def tune_thresholds(logits: np.ndarray, targets: dict[str, np.ndarray], taxonomy: Taxonomy) -> dict[str, float]:

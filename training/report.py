@@ -14,12 +14,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from phototag.decoding import ImageDecodeError, decode_image  # noqa: E402
-from phototag.taxonomy import Taxonomy  # noqa: E402
+from phototag.decoding import ImageDecodeError, decode_image
+from phototag.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 

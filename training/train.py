@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import random
 import sys
 import time
 from pathlib import Path
@@ -22,12 +23,12 @@ from torch import nn
 from tqdm import tqdm
 
 from phototag.checkpoint import read_checkpoint, save_checkpoint
-from phototag.model import BACKBONES, POOLINGS, ModelConfig, PretrainedWeightsUnavailable, build_model
 from phototag.inference import PRECISIONS, Runtime, to_model_input
+from phototag.labels_csv import LabelCsvError, read_labels_csv, write_labels_csv
+from phototag.model import BACKBONES, POOLINGS, ModelConfig, PretrainedWeightsUnavailable, build_model
 from phototag.preprocessing import IMAGE_SIZE, RESIZE_MODES
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
 from training.data import InMemoryDataset, load_labeled_folder
-from training.labels_csv import LabelCsvError
 from training.metrics import evaluate_logits, format_metrics, majority_baseline, tune_thresholds
 from training.report import write_training_curves
 
@@ -38,7 +39,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the multi-head photo tagger", add_help=add_help)
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, help="label CSV in the original dataset's format (train+val pool)")
-    data.add_argument("--images", type=Path, help="folder the CSV's filenames are relative to (default: CSV folder/images)")
+    data.add_argument("--images", type=Path,
+                      help="folder the CSV's filenames are relative to (default: CSV folder/images)")
     data.add_argument("--synthetic", type=int, default=0, metavar="N",
                       help="without --data: first generate N synthetic scenes into OUTPUT_DIR/synthetic")
     data.add_argument("--synthetic-seed", type=int, default=0, help="seed of the generated synthetic scenes")
@@ -47,25 +49,39 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--test-images", type=Path, help="image folder of --test-data (default: its folder/images)")
     data.add_argument("--val-fraction", type=float, default=0.15, help="share of --data held out for validation")
     data.add_argument("--limit", type=int, help="use only the first N rows of --data (quick experiments)")
-    data.add_argument("--taxonomy", type=Path, default=DEFAULT_TAXONOMY_PATH, help="taxonomy JSON (heads and CSV columns)")
+    data.add_argument("--taxonomy", type=Path, default=DEFAULT_TAXONOMY_PATH,
+                      help="taxonomy JSON (heads and CSV columns)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="resnet34", choices=sorted(BACKBONES), help="backbone architecture")
     model.add_argument("--weights", default="none", choices=["none", "imagenet"],
-                       help="backbone init: torchvision ImageNet weights (needs network or the torch hub cache) or random")
+                       help="backbone init: torchvision ImageNet weights (needs network or the torch hub cache) "
+                            "or random")
     model.add_argument("--dropout", type=float, default=0.2, help="dropout before each head")
-    model.add_argument("--image-size", type=int, default=IMAGE_SIZE,
-                       help="square model input side; stored in the checkpoint so serving resizes the same way")
-    model.add_argument("--resize", default="squash", choices=RESIZE_MODES,
+    model.add_argument("--image-size", type=int,
+                       help=f"square model input side; stored in the checkpoint so serving resizes the same way "
+                            f"(default: {IMAGE_SIZE}, or the --init-from checkpoint's)")
+    model.add_argument("--resize", choices=RESIZE_MODES,
                        help="how a photo becomes the square input: squash stretches the whole frame (an object keeps "
                             "its full size along one axis), letterbox keeps the aspect ratio and pads; stored in the "
-                            "checkpoint")
-    model.add_argument("--object-pooling", default="avg", choices=POOLINGS,
+                            "checkpoint (default: squash, or the --init-from checkpoint's)")
+    model.add_argument("--object-pooling", choices=POOLINGS,
                        help="pooling of the last feature map for the yes/no object heads (the single-choice heads "
-                            "always average); gem = generalised mean with a learned exponent (docs/model.md)")
+                            "always average); gem = generalised mean with a learned exponent (docs/model.md) "
+                            "(default: avg, or the --init-from checkpoint's)")
     model.add_argument("--init-from", type=Path, metavar="CHECKPOINT",
                        help="start from an earlier run's model.pt (same arch and heads): a short run warm-starts a "
-                            "longer one, corrections fine-tune a served model")
+                            "longer one, corrections fine-tune a served model; its input size, resize and object "
+                            "pooling are kept unless given")
+
+    mix = parser.add_argument_group("mixing in earlier training data (fine-tuning on corrections)")
+    mix.add_argument("--mix-data", type=Path, metavar="CSV",
+                     help="the original training data's label CSV: a sample of it is trained on with --data, so that "
+                          "a fine-tune on a few hundred corrections does not forget everything else")
+    mix.add_argument("--mix-images", type=Path, help="image folder of --mix-data (default: its folder/images)")
+    mix.add_argument("--mix-ratio", type=float, default=1.0, metavar="R",
+                     help="photos of --mix-data per photo of --data, drawn with --seed (all of them when it has "
+                          "fewer; default: 1.0, half and half)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=10, help="passes over the training split")
@@ -168,9 +184,42 @@ def _build(args, taxonomy: Taxonomy, weights: str = "none"):
                        resize=args.resize, object_pooling=args.object_pooling)
 
 
+def _input_settings(args) -> None:
+    """Fill in --image-size, --resize and --object-pooling: the --init-from checkpoint's where one is given (a
+    fine-tune that silently switched a 128 px letterboxed model to 256 px squash would undo what it starts from),
+    else the defaults."""
+    defaults = {"image_size": IMAGE_SIZE, "resize": "squash", "object_pooling": "avg"}
+    if args.init_from:
+        old = ModelConfig.from_dict(read_checkpoint(args.init_from)["model_config"])
+        defaults = {name: getattr(old, name) for name in defaults}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def _mix_in(pool: InMemoryDataset, args, taxonomy: Taxonomy) -> InMemoryDataset:
+    """--mix-data: the pool plus a seeded sample of the earlier training data, --mix-ratio photos per pool photo.
+    The sample's rows are written to OUTPUT_DIR/mixed_in.csv, a record of what the run saw."""
+    rows = read_labels_csv(args.mix_data, taxonomy)
+    count = min(len(rows), max(0, round(args.mix_ratio * len(pool))))
+    sample = sorted(random.Random(args.seed).sample(rows, count), key=lambda row: row.line)
+    if not sample:
+        return pool
+    record = args.output_dir / "mixed_in.csv"
+    write_labels_csv(record, [(row.filename, row.labels) for row in sample], taxonomy)
+    mixed = load_labeled_folder(record, args.mix_images or args.mix_data.parent / "images", taxonomy,
+                                args.image_size, args.workers, resize=args.resize)
+    log.info("mixed in %d of the %d photos of %s (--mix-ratio %g)", len(mixed), len(rows), args.mix_data,
+             args.mix_ratio)
+    return InMemoryDataset(torch.cat([pool.images, mixed.images]),
+                           {k: torch.cat([v, mixed.targets[k]]) for k, v in pool.targets.items()},
+                           pool.filenames + [f"{args.mix_data.parent.name}/{f}" for f in mixed.filenames],
+                           {**pool.skipped, **{f"{args.mix_data}: {k}": v for k, v in mixed.skipped.items()}})
+
+
 def _load_initial_weights(model, path: Path) -> None:
     """--init-from: every weight of an earlier checkpoint with the same backbone and heads. The object pooling may
-    differ (GeM's exponent then starts fresh); input size and resize come from this run's flags."""
+    differ (GeM's exponent then starts fresh); input size and resize are the checkpoint's unless given."""
     payload = read_checkpoint(path)
     old = ModelConfig.from_dict(payload["model_config"])
     if old.arch != model.config.arch or old.head_sizes != model.config.head_sizes:
@@ -237,12 +286,15 @@ def main(args) -> dict:
             raise SystemExit("give --data CSV or --synthetic N")
         _prepare_synthetic(args)
     taxonomy = Taxonomy.load(args.taxonomy)
+    _input_settings(args)
     runtime = Runtime.resolve(args.device, args.precision)
     log.info("running on %s, %d torch threads", runtime.describe(), torch.get_num_threads())
 
     started = time.time()
     pool = load_labeled_folder(args.data, args.images, taxonomy, args.image_size, args.workers, args.limit,
                                resize=args.resize)
+    if args.mix_data:
+        pool = _mix_in(pool, args, taxonomy)
     train_data, val_data = _split(pool, args.val_fraction, args.seed)
     log.info("loaded %d images (%d skipped) in %.0f s: %d train, %d val", len(pool), len(pool.skipped),
              time.time() - started, len(train_data), len(val_data))

@@ -1,6 +1,6 @@
 """Generate Python gRPC stubs from the .proto files shipped inside the installed TorchServe frontend jar.
 
-    python -m client.protos      # writes generated/inference_pb2*.py, generated/management_pb2*.py and
+    python -m serving.protos      # writes generated/inference_pb2*.py, generated/management_pb2*.py and
                                  # generated/open_inference_grpc_pb2*.py (Open Inference Protocol / KServe v2:
                                  # service org.pytorch.serve.grpc.openinference.GRPCInferenceService)
 """
@@ -10,7 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-GENERATED_DIR = Path(__file__).resolve().parent.parent / "generated"
+from client.stubs import GENERATED_DIR
+
 PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
 IMPORTED = ("google/rpc/status.proto",)  # needed to compile; its Python module comes from googleapis-common-protos
 

@@ -5,7 +5,7 @@ TorchServe snapshots its registered models, versions and defaults after every ma
 fall back to `load_models`. Starting from a whole snapshot instead would also bring back stale settings. So the
 settings always come from config.properties, and only the snapshot's `model_snapshot` entry is carried over.
 
-    python -m client.serve_config --out build/serve.properties [--snapshots logs/config] [--fresh]
+    python -m serving.serve_config --out build/serve.properties [--snapshots logs/config] [--fresh]
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     text, snapshot = build_config(args.base, args.snapshots, args.fresh)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(f"serving config {args.out}: " + (f"models restored from {snapshot}" if snapshot else "models from load_models"))
+    source = f"models restored from {snapshot}" if snapshot else "models from load_models"
+    print(f"serving config {args.out}: {source}")
     return 0
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from phototag.taxonomy import SINGLE, Taxonomy
 
@@ -21,7 +21,8 @@ Labels = dict  # group name -> class id (single-choice) or list of class ids (ye
 
 
 class LabelCsvError(ValueError):
-    """The CSV cannot be used: a missing column, a malformed or out-of-range value (the message names row and column)."""
+    """The CSV cannot be used: a missing column, a malformed or out-of-range value (the message names row and
+    column)."""
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,13 @@ def write_labels_csv(path: str | Path, items: Iterable[tuple[str, Labels]], taxo
         for filename, labels in items:
             writer.writerow(labels_to_row(filename, labels, taxonomy))
 
+
+def split_missing(rows: list[LabeledImage], image_dir: Path) -> tuple[list[LabeledImage], dict[str, str]]:
+    """The rows whose file exists in image_dir, and {filename: why} for the others (named by their CSV line)."""
+    present, skipped = [], {}
+    for row in rows:
+        if (Path(image_dir) / row.filename).is_file():
+            present.append(row)
+        else:
+            skipped[row.filename] = f"missing file (CSV line {row.line})"
+    return present, skipped

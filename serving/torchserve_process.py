@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.ready import wait_until_ready
-from client.serve_config import build_config
+from serving.serve_config import build_config
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHSERVE = Path(sys.executable).parent / "torchserve"
@@ -77,7 +77,7 @@ class TorchServe:
     def logs(self) -> Path:
         return self.workdir / "logs"
 
-    def start(self, timeout: float = 240, restore_snapshot: bool = False) -> "TorchServe":
+    def start(self, timeout: float = 240, restore_snapshot: bool = False) -> TorchServe:
         """Start and wait until `tagger` is READY; with restore_snapshot, like `make serve` after a restart."""
         overrides = {
             "inference_address": self.inference_url,

@@ -3,7 +3,7 @@
     OUT/config/config.properties    deploy/kserve/config.properties, model_snapshot rewritten for the archive
     OUT/model-store/<archive>.mar   the archive; with --model-config, repacked with that model-config.yaml
 
-    python -m client.kserve_bundle --mar model_store/tagger.mar --out build/kserve \
+    python -m serving.kserve_bundle --mar model_store/tagger.mar --out build/kserve \
         --model-config deploy/kserve/model-config.gpu.yaml
 
 Upload OUT/ to the InferenceService's storageUri (deploy/kserve/inferenceservice.yaml); KServe mounts it at
@@ -142,7 +142,7 @@ def build_bundle(mar: Path, out: Path, template: Path = DEFAULT_TEMPLATE, model_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.kserve_bundle", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m serving.kserve_bundle", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mar", type=Path, default=Path("model_store/tagger.mar"),
                         help="model archive to bundle (default: %(default)s)")

@@ -1,0 +1,79 @@
+"""The handler's settings: the `handler:` section of the archive's model-config.yaml, as one typed object.
+
+Every key, its type and its default live here and nowhere else; the handler and `phototag.inference` read the
+object's fields. An unknown or mistyped key stops the worker at start with a message naming it: a typo such as
+`torch_thread: 1` would otherwise be ignored and the worker would quietly run with the default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from phototag.compiled import COMPILE_MODES
+from phototag.decoding import MAX_PIXELS
+from phototag.inference import DEVICES, PRECISIONS
+from phototag.jpeg_batch import JPEG_DECODERS
+
+
+class HandlerSettingsError(ValueError):
+    """The `handler:` section names a key that does not exist or gives a value of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """Defaults are what a model-config.yaml without the key gets (the shipped file sets most of them).
+
+    device: auto (the GPU TorchServe assigned to the worker, else the CPU) | cpu | cuda.
+    precision: auto (bf16 where the device computes it natively) | bf16 | fp32.
+    channels_last: NHWC activations.
+    compile: false | true | a torch.compile mode; every batch size is compiled at worker start.
+    jpeg_decoder: auto (batched nvjpeg on CUDA, Pillow on the CPU) | pil | torchvision.
+    decode_threads: threads decoding and resizing one batch's images.
+    torch_threads: intra-op threads of the forward pass; 0 keeps torch's default (all cores).
+    max_pixels: larger images are refused before decoding.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool | str = False
+    jpeg_decoder: str = "auto"
+    decode_threads: int = 2
+    torch_threads: int = 0
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("jpeg_decoder", JPEG_DECODERS),
+                              ("compile", (False, True, *COMPILE_MODES))):
+            value = getattr(self, name)
+            # `True in (1, ...)` holds in Python, so compare type and value
+            if not any(type(value) is type(option) and value == option for option in allowed):
+                raise HandlerSettingsError(f"handler.{name} must be one of {_listed(allowed)}, not {value!r}")
+        if not isinstance(self.channels_last, bool):
+            raise HandlerSettingsError(f"handler.channels_last must be true or false, not {self.channels_last!r}")
+        for name, minimum in (("decode_threads", 1), ("torch_threads", 0), ("max_pixels", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise HandlerSettingsError(f"handler.{name} must be a whole number >= {minimum}, not {value!r}")
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any] | None) -> HandlerSettings:
+        """model-config.yaml's `handler:` mapping (None or absent: every default) -> settings; refuses unknown keys
+        with the list of known ones."""
+        section = section or {}
+        if not isinstance(section, dict):
+            raise HandlerSettingsError(f"model-config.yaml's handler: must be a mapping, not {type(section).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise HandlerSettingsError(f"model-config.yaml's handler: has unknown key(s) {unknown}; "
+                                       f"known keys: {known}")
+        return cls(**section)
+
+    def as_section(self) -> dict[str, Any]:
+        """The settings as a `handler:` mapping (for reports and for writing a model-config)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _listed(options) -> str:
+    return ", ".join("true" if o is True else "false" if o is False else str(o) for o in options)

@@ -1,0 +1,1 @@
+"""Deployment tools above the clients: TorchServe config and launcher, gRPC stub generation, KServe bundle, rollout."""

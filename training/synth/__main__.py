@@ -1,0 +1,5 @@
+import sys
+
+from training.synth.dataset import main
+
+sys.exit(main())
