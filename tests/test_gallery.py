@@ -128,7 +128,10 @@ def open_page(browser, out: Path):
 
 
 def visible(browser) -> list[str]:
-    return [c.get_attribute("data-file") for c in browser.find_elements("css selector", "#grid .card")]
+    # Read in one script call: the page may redraw the grid between a find_elements and each get_attribute (a
+    # scroll that draws the next page), which leaves Python holding stale elements.
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#grid .card'), card => card.getAttribute('data-file'))")
 
 
 def card(browser, name: str):
