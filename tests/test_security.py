@@ -13,8 +13,6 @@ from client.rest import call, tag_image
 from serving.torchserve_process import REPO, TorchServe, derive_config
 from tests.conftest import run
 
-pytestmark = pytest.mark.server
-
 
 def manage(server, method, path, **kwargs):
     return call(method, f"{server.management_url}{path}", "management", server.key_file, **kwargs)
@@ -32,6 +30,7 @@ def test_shipped_config_is_closed_by_default():
     assert 16 * 2**20 <= int(props["max_request_size"]) <= 32 * 2**20
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-the-key"}])
 def test_management_without_the_management_key_changes_nothing(server, headers):
     before = manage(server, "GET", "/models").json()
@@ -54,6 +53,7 @@ def test_management_without_the_management_key_changes_nothing(server, headers):
     "..%2F..%2Fetc%2Fpasswd",
     "tagger.mar/../../../etc/passwd",
 ])
+@pytest.mark.server
 def test_model_registration_only_from_the_local_store(server, url):
     before = manage(server, "GET", "/models").json()
     response = manage(server, "POST", f"/models?url={url}&initial_workers=1&synchronous=true")
@@ -62,6 +62,7 @@ def test_model_registration_only_from_the_local_store(server, url):
     assert manage(server, "GET", "/models").json() == before
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("url", ["https://example.com/wf.war", "file:///etc/passwd", "../../etc/passwd"])
 def test_workflow_registration_is_refused(server, url):
     # enable_model_api does not cover the workflow API in 0.12; allowed_urls does.
@@ -70,12 +71,14 @@ def test_workflow_registration_is_refused(server, url):
     assert manage(server, "GET", "/workflows").json().get("workflows", []) == []
 
 
+@pytest.mark.server
 def test_body_over_max_request_size_is_refused_without_reaching_the_worker(server):
     response = call("POST", f"{server.inference_url}/predictions/tagger", "inference", server.key_file,
                     data=b"\xff\xd8" + b"\0" * (21 * 2**20))
     assert response.status_code == 413
 
 
+@pytest.mark.server
 def test_rotated_keys_old_refused_client_follows(server, sample_images):
     keys = json.loads(server.key_file.read_text())
     run([sys.executable, "-m", "client", "--key-file", str(server.key_file), "rotate-keys",
@@ -98,6 +101,7 @@ def _self_signed_certificate(folder):
     return key, cert
 
 
+@pytest.mark.server
 def test_inference_over_tls(model_store, tmp_path, sample_images):
     key, cert = _self_signed_certificate(tmp_path)
     ts = TorchServe(tmp_path / "tls", model_store, inference_scheme="https",
@@ -118,5 +122,6 @@ def test_derive_config_keeps_security_settings():
     assert "allowed_urls=" in text and "enable_envvars_config=false" in text
 
 
+@pytest.mark.server
 def test_key_file_is_private_to_the_server_user(server):
     assert server.key_file.stat().st_mode & 0o077 == 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import textwrap
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 
 from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS
@@ -32,7 +30,7 @@ from phototag.inference import PRECISIONS
 from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
 from phototag.taxonomy import SINGLE, Taxonomy, TaxonomyError
 from training.evaluate import EvaluationError, check_answers, compute_metrics, tag_with_checkpoint
-from training.report import HIGHLIGHT, STYLE, _save, _thumbnail
+from training.report import HIGHLIGHT, STYLE, save_figure, thumbnail, thumbnail_grid
 
 ARCHIVE_MEMBERS = ("model.pt", "taxonomy.json")
 FIXED, NEWLY_WRONG, MIXED = "fixed", "newly wrong", "both"
@@ -157,20 +155,15 @@ def write_changed_grid(items: list[dict], image_dir: Path, taxonomy: Taxonomy, p
                        side: int = 256) -> Path:
     """Thumbnails of the changed photos (newly wrong first), with the truth, both answers and what changed."""
     shown = items[:limit] or [None]
-    ncols = min(4, len(shown))
-    nrows = math.ceil(len(shown) / ncols)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(3.6 * ncols, 4.9 * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        fig, axes = thumbnail_grid(len(shown), (3.6, 4.9))
         for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
             ax.spines[:].set_visible(False)
         for ax, item in zip(axes, shown):
             if item is None:
                 ax.text(0.5, 0.5, "no photo's tags changed", ha="center", va="center", transform=ax.transAxes)
                 continue
-            pixels = _thumbnail(Path(image_dir) / item["filename"], side)
+            pixels = thumbnail(Path(image_dir) / item["filename"], side)
             if pixels is not None:
                 ax.imshow(_square(pixels, side))
             bad = item["kind"] != FIXED
@@ -187,7 +180,7 @@ def write_changed_grid(items: list[dict], image_dir: Path, taxonomy: Taxonomy, p
             ax.set_visible(False)
         more = f" (first {limit} of {len(items)})" if len(items) > limit else ""
         fig.suptitle(f"Photos whose tags changed{more}: newly wrong first, then both, then fixed")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def write_report(result: dict, out_dir: Path) -> Path:

@@ -40,7 +40,7 @@ CMAP = "Blues"
 HIGHLIGHT = "#c0392b"  # operating points, wrong answers
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -87,7 +87,7 @@ def write_confusion_matrices(metrics: dict, taxonomy: Taxonomy, path: Path) -> P
             ax.set_title(f"{group.name}\naccuracy {m['accuracy']:.3f} · macro-F1 {m['macro_f1']:.3f}")
             ax.spines[:].set_visible(False)
         fig.colorbar(image, ax=list(axes), shrink=0.85, label="share of the true class (row)")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def write_pr_curves(result: dict, taxonomy: Taxonomy, path: Path) -> Path:
@@ -124,16 +124,29 @@ def write_pr_curves(result: dict, taxonomy: Taxonomy, path: Path) -> Path:
         for ax in axes[len(objects):]:
             ax.set_visible(False)
         fig.suptitle(f"Objects: precision-recall from the answers' scores ({result['images']} images)")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
-def _thumbnail(path: Path, side: int) -> np.ndarray | None:
+def thumbnail(path: Path, side: int) -> np.ndarray | None:
     try:
         image = decode_image(path.read_bytes(), draft_size=(side, side))
     except (ImageDecodeError, OSError):
         return None
     image.thumbnail((side, side))
     return np.asarray(image)
+
+
+def thumbnail_grid(count: int, cell_inches: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure of `count` picture cells, four to a row, without ticks; the caller draws into the axes (call it
+    inside matplotlib.rc_context(STYLE))."""
+    ncols = min(4, count)
+    nrows = math.ceil(count / ncols)
+    fig = Figure(figsize=(cell_inches[0] * ncols, cell_inches[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
 
 
 def _tags_text(labels: dict, taxonomy: Taxonomy) -> str:
@@ -144,17 +157,10 @@ def _tags_text(labels: dict, taxonomy: Taxonomy) -> str:
 
 def write_worst_grid(items: list[dict], image_dir: Path, taxonomy: Taxonomy, path: Path, side: int = 256) -> Path:
     """Thumbnails of the worst-classified images with the true and predicted tags (and what is wrong) under each."""
-    count = max(len(items), 1)
-    ncols = min(4, count)
-    nrows = math.ceil(count / ncols)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(3.4 * ncols, 4.3 * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        fig, axes = thumbnail_grid(max(len(items), 1), (3.4, 4.3))
         for ax, item in zip(axes, items):
-            pixels = _thumbnail(Path(image_dir) / item["filename"], side)
+            pixels = thumbnail(Path(image_dir) / item["filename"], side)
             if pixels is None:
                 ax.text(0.5, 0.5, "image unreadable now", ha="center", va="center", transform=ax.transAxes)
             else:
@@ -171,7 +177,7 @@ def write_worst_grid(items: list[dict], image_dir: Path, taxonomy: Taxonomy, pat
             ax.set_visible(False)
         fig.suptitle(f"{len(items)} worst-classified images (most wrong heads and objects, then lowest "
                      "true-class probability)")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # ---- report.md --------------------------------------------------------------------------------------------------
@@ -311,4 +317,4 @@ def _draw_training_curves(history: list[dict], path: Path) -> Path:
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax_loss.legend(loc="best")
         ax_val.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
-        return _save(fig, path)
+        return save_figure(fig, path)
