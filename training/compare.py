@@ -26,10 +26,9 @@ import numpy as np
 
 from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS
-from phototag.inference import PRECISIONS
 from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
 from phototag.taxonomy import SINGLE, Taxonomy, TaxonomyError
-from training.evaluate import EvaluationError, check_answers, compute_metrics, tag_with_checkpoint
+from training.evaluate import EvaluationError, add_in_process_args, check_answers, compute_metrics, tag_with_checkpoint
 from training.report import HIGHLIGHT, STYLE, save_figure, thumbnail, thumbnail_grid
 
 ARCHIVE_MEMBERS = ("model.pt", "taxonomy.json")
@@ -253,11 +252,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("reports/compare"), help="report folder (created)")
     parser.add_argument("--limit", type=int, help="compare on the first N rows of the CSV only")
     parser.add_argument("--show", type=int, default=24, help="most changed photos drawn in changed.png")
-    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="bf16 autocast or fp32; 'auto' resolves as the handler's default does")
-    parser.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images")
+    add_in_process_args(parser)
     return parser
 
 

@@ -354,6 +354,16 @@ def write_outputs(result: dict, ev: Evaluation, out_dir: Path) -> dict[str, Path
     return figures
 
 
+def add_in_process_args(group):
+    """The options of tagging with a checkpoint in this process (`tag_with_checkpoint`), shared with compare."""
+    group.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
+    group.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    group.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="bf16 autocast or fp32; 'auto' resolves as the handler's default does")
+    group.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images")
+    return group
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate",
@@ -370,12 +380,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("reports/eval"), help="report folder (created)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows of the CSV")
     parser.add_argument("--worst", type=int, default=12, help="how many worst-classified images to show")
-    local = parser.add_argument_group("in-process (--checkpoint)")
-    local.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
-    local.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-    local.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help="bf16 autocast or fp32; 'auto' resolves as the handler's default does")
-    local.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images")
+    local = add_in_process_args(parser.add_argument_group("in-process (--checkpoint)"))
     local.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                        help="larger images are skipped as unreadable, as the service refuses them")
     remote = parser.add_argument_group("server (--server)")
