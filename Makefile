@@ -36,6 +36,7 @@ help:
 	@echo "make test         the whole test suite (starts real TorchServe instances on free ports)"
 	@echo "make lint         ruff over the whole tree (CI runs it before the tests)"
 	@echo "make train-full   the full training run on a large synthetic set (README: quality targets)"
+	@echo "make quantize     int8 package of RUN=$(RUN) for CPU serving, kept only if its tags match the eager model's"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
 	@echo "make serve/stop   start TorchServe with config.properties and wait until READY / stop it"
 	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
@@ -103,6 +104,10 @@ train-full: setup
 # ---- archive ----------------------------------------------------------------------------------------------------
 # The shared package travels inside the archive: --extra-files copies a folder's *contents*, so it is staged one
 # level down (build/.../extra/phototag) to arrive as the importable package phototag/ next to the handler.
+# The run's int8 package and its check report travel too when `make quantize` made them (phototag/int8.py).
+INT8_FILES = $(wildcard $(RUN)/tagger-int8.pt2 $(RUN)/tagger-int8.json)
+comma := ,
+space := $(empty) $(empty)
 archive: setup $(RUN)/model.pt
 	rm -rf $(STAGE) && mkdir -p $(STAGE)/extra $(STORE)
 	cp -r phototag $(STAGE)/extra/phototag
@@ -110,10 +115,15 @@ archive: setup $(RUN)/model.pt
 	# torch-model-archiver stages in $$TMPDIR/tagger: a private TMPDIR keeps parallel builds apart.
 	mkdir -p $(STAGE)/tmp && TMPDIR=$(abspath $(STAGE))/tmp $(BIN)/torch-model-archiver --model-name tagger --version $(VERSION) \
 		--handler handler/tagger_handler.py --serialized-file $(RUN)/model.pt \
-		--extra-files $(RUN)/taxonomy.json,$(STAGE)/extra \
+		--extra-files $(subst $(space),$(comma),$(strip $(RUN)/taxonomy.json $(INT8_FILES) $(STAGE)/extra)) \
 		--config-file $(MODEL_CONFIG) --export-path $(STAGE) --force
 	mv $(STAGE)/tagger.mar $(ARCHIVE)
 	@echo "built $(ARCHIVE) (model tagger, version $(VERSION), weights from $(RUN))"
+
+# int8 package of RUN for CPU serving: built and checked against the eager model's tags (training/quantize.py).
+.PHONY: quantize
+quantize: setup $(RUN)/model.pt
+	$(PY) -m training.quantize --run $(RUN) $(QUANTIZE_ARGS)
 
 # ---- serving ----------------------------------------------------------------------------------------------------
 # Settings always come from config.properties; the models, versions and default version registered through the

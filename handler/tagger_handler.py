@@ -27,6 +27,7 @@ import struct
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import torch
 
@@ -35,6 +36,7 @@ from phototag.compiled import BucketedCompiledModel
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
 from phototag.handler_settings import HandlerSettings
 from phototag.inference import Runtime, load_image, predict_logits, prepare_model
+from phototag.int8 import select_int8
 from phototag.jpeg_batch import choose_jpeg_decoder, decode_jpegs, fits_fast_lane
 from phototag.payload import INFERENCE_HEADER, OIP_DATATYPE, OipRequest, PayloadError, extract_image_bytes, read_oip
 from phototag.taxonomy import Taxonomy, logits_to_tags
@@ -82,6 +84,7 @@ class PhotoTaggerHandler:
         self.initialized = False
         self.model = None
         self.forward = None  # the model, or its compiled wrapper
+        self.int8 = None  # phototag.int8.Int8Tagger when the archive's int8 package serves
         self.taxonomy: Taxonomy | None = None
         self.runtime = Runtime(torch.device("cpu"))
         self.jpeg_decoder = "pil"
@@ -91,8 +94,9 @@ class PhotoTaggerHandler:
         self.decoder_pool: ThreadPoolExecutor | None = None
 
     def initialize(self, context):
-        """Load weights and taxonomy from the archive, choose device and precision, compile if asked, and run
-        warm-up batches [n, 3, S, S] (every compiled batch size, so no request pays for compiling)."""
+        """Load weights and taxonomy from the archive, choose device and precision (the archive's int8 package
+        where `phototag.int8.select_int8` allows it), compile if asked, and run warm-up batches [n, 3, S, S] (every
+        compiled batch size, so no request pays for compiling)."""
         properties = context.system_properties
         model_dir = properties.get("model_dir")
         model_config = getattr(context, "model_yaml_config", None) or {}
@@ -103,8 +107,11 @@ class PhotoTaggerHandler:
             torch.set_num_threads(settings.torch_threads)
         # The archive's taxonomy.json is the served one; load_model refuses a model whose outputs disagree with it.
         taxonomy = Taxonomy.load(os.path.join(model_dir, TAXONOMY_FILE))
-        self.model, self.taxonomy, _ = load_model(os.path.join(model_dir, WEIGHTS_FILE), taxonomy=taxonomy)
+        weights = os.path.join(model_dir, WEIGHTS_FILE)
+        self.model, self.taxonomy, _ = load_model(weights, taxonomy=taxonomy)
         prepare_model(self.model, self.runtime)
+        self.int8 = select_int8(settings.precision, self.runtime.device, model_dir, weights, self.model,
+                                self.runtime, taxonomy)
         self.image_size = self.model.config.image_size
         self.max_pixels = settings.max_pixels
         self.jpeg_decoder = choose_jpeg_decoder(settings.jpeg_decoder, self.runtime.device)
@@ -118,7 +125,15 @@ class PhotoTaggerHandler:
         self.initialized = True
 
     def _set_up_forward(self, compile_mode, max_batch: int) -> None:
-        """self.forward = the model, or its torch.compile'd wrapper with every batch bucket compiled now."""
+        """self.forward = the model, or its torch.compile'd wrapper with every batch bucket compiled now; with the
+        int8 package the model stays eager (it re-scores borderline photos) and nothing is compiled."""
+        if self.int8 is not None:
+            if compile_mode:
+                log.info("compile: %s left unused: the int8 package is compiled already", compile_mode)
+            self.forward = self.model
+            self.runtime = replace(self.runtime, int8=True)
+            self.inference(self._blank_batch(1))
+            return
         if not compile_mode:
             self.forward = self.model
             self.inference(self._blank_batch(1))
@@ -185,6 +200,8 @@ class PhotoTaggerHandler:
         """uint8 [M, 3, S, S] -> float32 logits [M, num_logits] on the CPU, in one forward pass."""
         if len(batch) == 0:
             return torch.empty(0, self.taxonomy.num_logits)
+        if self.int8 is not None:
+            return self.int8(batch)
         return predict_logits(self.forward, batch, self.runtime)
 
     def postprocess(self, logits: torch.Tensor, prepared: list) -> list[dict]:

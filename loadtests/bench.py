@@ -46,6 +46,7 @@ from handler.tagger_handler import PhotoTaggerHandler
 from loadtests.fastapi_baseline import FastApiBaseline
 from loadtests.faults import Outcome, steady_load
 from phototag.checkpoint import read_checkpoint
+from phototag.int8 import PACKAGE_FILE, incompatibility, read_report
 from phototag.model import ModelConfig
 from serving.torchserve_process import TorchServe, free_port
 from training.synth.render import render_jpegs
@@ -230,7 +231,19 @@ def describe_model(run: Path) -> dict:
     payload = read_checkpoint(run / "model.pt")
     config, args = ModelConfig.from_dict(payload["model_config"]), payload.get("args") or {}
     return {"arch": config.arch, "image_size": config.image_size, "resize": config.resize,
-            "random_init": bool(args.get("random_init", False))}
+            "random_init": bool(args.get("random_init", False)), "int8": int8_summary(run)}
+
+
+def int8_summary(run: Path) -> dict | None:
+    """The run's int8 package check (training/quantize.py), reported next to the speed it buys; None: no package."""
+    report = read_report(run)
+    if report is None or not (run / PACKAGE_FILE).exists():
+        return None
+    check = report["check"]
+    return {"tag_agreement": check["tag_agreement"], "identical_tags": check["identical_tags"],
+            "photos": check["photos"], "check_source": check["source"], "passed": check["passed"],
+            "reference": report["reference"], "metric_changes": check["metric_changes"],
+            "usable_here": incompatibility(report, run / "model.pt") is None}
 
 
 def serving_settings(path: Path) -> dict:
@@ -260,6 +273,13 @@ def table(report: dict) -> str:
     model = report["model"]
     lines.insert(0, f"model: {model['arch']}, {model['image_size']} px input"
                     + (" (random init)" if model["random_init"] else "") + f", from {report['run']}")
+    int8 = model.get("int8")
+    lines.insert(1, f"served runtime (offline handler, shipped settings): {report['offline']['runtime']}")
+    if int8:
+        lines.insert(2, f"int8 package: identical tags vs eager ({int8['reference']}) on {int8['identical_tags']} of "
+                        f"{int8['photos']} held-out photos ({100 * int8['tag_agreement']:.1f}%), largest metric "
+                        f"change {max(abs(v) for v in int8['metric_changes'].values()):.4f}: check "
+                        f"{'passed' if int8['passed'] else 'FAILED (auto serves eager)'}")
     for size, ratio in report["ratios"].items():
         if ratio.get("tuned_over_original") is not None:
             lines.append(f"{size:7s} tuned/original {ratio['tuned_over_original']:.2f}x")

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from client.auth import DEFAULT_KEY_FILE
+from client.rest import call
 from loadtests.bench import TUNED_CONFIG, apply_overrides, build_archive, load_handler, summarize
 from loadtests.faults import steady_load
 from serving.torchserve_process import TorchServe
@@ -82,6 +83,9 @@ def served_breakdown(run: Path, variants: list[str], photos: list[bytes], second
             store = build_archive(run, tmp / f"store{index}", tmp / f"build{index}", path).parent
             server = TorchServe(tmp / f"server{index}", store, extra_config={"metrics_mode": "log"}).start()
             try:
+                # what the frontend applies, which is not always what the archive says: 0 reads as unset (100 ms)
+                described = call("GET", f"{server.management_url}/models/tagger", "management", server.key_file)
+                effective = {k: described.json()[0][k] for k in ("batchSize", "maxBatchDelay")}
                 steady_load(server.inference_url, server.key_file, photos, clients=1, seconds=3)
                 _, before = metric_medians(server.logs)
                 load = steady_load(server.inference_url, server.key_file, photos, clients=1, seconds=seconds)
@@ -90,7 +94,7 @@ def served_breakdown(run: Path, variants: list[str], photos: list[bytes], second
             finally:
                 server.stop()
             rows.append({"config": variant or "shipped", **summarize(load.outcomes), "metrics_median_ms": medians,
-                         "handler": config.get("handler", {})})
+                         "handler": config.get("handler", {}), "torchserve_applies": effective})
     return rows
 
 
@@ -109,6 +113,7 @@ def main(argv=None) -> int:
         for row in served_breakdown(args.run, args.variant, photos, args.seconds):
             print(f"{row['config']}: {row['ok']} of {row['requests']} answered 200; p50 {row['p50_ms']:.1f} ms, "
                   f"p95 {row['p95_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")
+            print("  TorchServe applies: " + ", ".join(f"{k} {v}" for k, v in row["torchserve_applies"].items()))
             print("  medians (ms): " + ", ".join(f"{k} {v}" for k, v in row["metrics_median_ms"].items()))
             settings = {**row["handler"], "decode_threads": 1}
             print(f"  the model alone (handler in process, {settings.get('torch_threads', 0)} torch threads): "

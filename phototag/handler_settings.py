@@ -14,6 +14,9 @@ from phototag.decoding import MAX_PIXELS
 from phototag.inference import DEVICES, PRECISIONS
 from phototag.jpeg_batch import JPEG_DECODERS
 
+# int8 needs the archive's AOTInductor package (phototag/int8.py), so only a served worker has it.
+SERVED_PRECISIONS = (*PRECISIONS, "int8")
+
 
 class HandlerSettingsError(ValueError):
     """The `handler:` section names a key that does not exist or gives a value of the wrong kind."""
@@ -24,7 +27,8 @@ class HandlerSettings:
     """Defaults are what a model-config.yaml without the key gets (the shipped file sets most of them).
 
     device: auto (the GPU TorchServe assigned to the worker, else the CPU) | cpu | cuda.
-    precision: auto (bf16 where the device computes it natively) | bf16 | fp32.
+    precision: auto (on the CPU the archive's int8 package when it passed its tag check and runs here, else bf16
+        where the device computes it natively, else fp32) | bf16 | fp32 | int8 (the package, or the worker refuses).
     channels_last: NHWC activations.
     compile: false | true | a torch.compile mode; every batch size is compiled at worker start.
     jpeg_decoder: auto (batched nvjpeg on CUDA, Pillow on the CPU) | pil | torchvision.
@@ -43,7 +47,7 @@ class HandlerSettings:
     max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
-        for name, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("jpeg_decoder", JPEG_DECODERS),
+        for name, allowed in (("device", DEVICES), ("precision", SERVED_PRECISIONS), ("jpeg_decoder", JPEG_DECODERS),
                               ("compile", (False, True, *COMPILE_MODES))):
             value = getattr(self, name)
             # `True in (1, ...)` holds in Python, so compare type and value

@@ -43,10 +43,15 @@ def native_bf16(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how the network runs: the device, bf16 autocast or fp32, and the activations' memory layout."""
+    """Where and how the network runs: the device, bf16 autocast or fp32, and the activations' memory layout.
+
+    int8: the worker serves the AOTInductor int8 package (phototag/int8.py); these settings are then those of the
+    eager model that scores borderline photos again.
+    """
     device: torch.device
     bf16: bool = False
     channels_last: bool = False
+    int8: bool = False
 
     @classmethod
     def resolve(cls, device: str | torch.device = "auto", precision: str = "auto",
@@ -71,10 +76,13 @@ class Runtime:
             device = torch.device("cpu")
         else:
             device = torch.device(f"cuda:{int(gpu_id) if gpu_id is not None else 0}")
-        return cls.resolve(device, settings.precision, settings.channels_last)
+        # int8 is the handler's to switch on (it needs the archive's package); until then the worker is fp32.
+        precision = "fp32" if settings.precision == "int8" else settings.precision
+        return cls.resolve(device, precision, settings.channels_last)
 
     def describe(self) -> str:
-        return f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last' if self.channels_last else ''}"
+        eager = f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last' if self.channels_last else ''}"
+        return f"{self.device} int8 (AOTInductor package; borderline photos: {eager})" if self.int8 else eager
 
 
 def load_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS, resize: str = "squash") -> torch.Tensor:

@@ -37,7 +37,8 @@ def test_random_init_run_loads_and_tags_at_its_size(tmp_path):
 
     run = write_random_run(tmp_path / "random-64", image_size=64, arch="resnet18", calibration_photos=2)
     assert (run / "taxonomy.json").is_file()
-    assert describe_model(run) == {"arch": "resnet18", "image_size": 64, "resize": "squash", "random_init": True}
+    assert describe_model(run) == {"arch": "resnet18", "image_size": 64, "resize": "squash", "random_init": True,
+                                   "int8": None}  # no int8 package: the report says so
     handler = load_handler(run, {"precision": "fp32", "decode_threads": 1}, batch_size=2)
     assert handler.image_size == 64
     rows = [{"body": b} for b in render_jpegs(80, 60, 2, seed=3)]

@@ -23,6 +23,15 @@ def test_every_shipped_model_config_parses_to_what_it_says(path):
     assert {key: getattr(settings, key) for key in section} == section
 
 
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_batch_delay_is_what_torchserve_applies(path):
+    """TorchServe 0.12 reads a model-config maxBatchDelay of 0 as unset and waits its default 100 ms instead
+    (ModelManager: `marMaxBatchDelay > 0 ? ... : default`); a lone photo then waits longer than with 50. With
+    batchSize 1 (the naive config) no batch is gathered and the delay is never waited."""
+    config = yaml.safe_load(path.read_text())
+    assert config["batchSize"] == 1 or config["maxBatchDelay"] >= 1
+
+
 def test_an_empty_section_gets_the_defaults():
     assert HandlerSettings.from_section(None) == HandlerSettings.from_section({}) == HandlerSettings()
     assert HandlerSettings().as_section()["decode_threads"] == HandlerSettings.decode_threads
@@ -35,7 +44,7 @@ def test_an_empty_section_gets_the_defaults():
     ({"decode_threads": 0}, "handler.decode_threads must be a whole number >= 1, not 0"),
     ({"max_pixels": True}, "handler.max_pixels must be a whole number >= 1, not True"),
     ({"channels_last": "yes"}, "handler.channels_last must be true or false, not 'yes'"),
-    ({"precision": "int8"}, "handler.precision must be one of auto, bf16, fp32, not 'int8'"),
+    ({"precision": "int4"}, "handler.precision must be one of auto, bf16, fp32, int8, not 'int4'"),
     ({"device": "tpu"}, "handler.device must be one of auto, cpu, cuda, not 'tpu'"),
     ({"compile": "fast"}, "handler.compile must be one of false, true, default"),
     ({"compile": 1}, "handler.compile must be one of false, true"),
