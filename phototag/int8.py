@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +64,9 @@ def _dynamic_batch():
     return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
 
 
-def quantize(model: torch.nn.Module, calibration: Iterable[torch.Tensor],
-             float_modules: Sequence[str] = ()) -> torch.nn.Module:
+def quantize(model: torch.nn.Module, calibration: Iterable[torch.Tensor]) -> torch.nn.Module:
     """The eval-mode model -> its int8 PT2E graph (still runnable eagerly, slowly), with activation ranges observed
-    on `calibration`: normalised float batches [N, 3, S, S] as `phototag.inference.to_model_input` makes them.
-    `float_modules` (names as in model.named_modules(), e.g. "heads") stay in fp32."""
+    on `calibration`: normalised float batches [N, 3, S, S] as `phototag.inference.to_model_input` makes them."""
     # torchao is needed to build a package, not to serve one.
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -80,8 +78,6 @@ def quantize(model: torch.nn.Module, calibration: Iterable[torch.Tensor],
     graph = torch.export.export(model.eval(), (batches[0],), dynamic_shapes=_dynamic_batch(), strict=True).module()
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-    for name in float_modules:
-        quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for batch in batches:
@@ -193,7 +189,6 @@ def select_int8(precision: str, device: torch.device, model_dir: str | Path, wei
     if device.type != "cpu":
         raise Int8Unavailable(f"precision int8 runs on the CPU only; this worker's device is {device}")
     package, report = Path(model_dir) / PACKAGE_FILE, read_report(model_dir)
-    reason = None
     if not package.exists() or report is None:
         reason = f"the archive has no {PACKAGE_FILE} + {REPORT_FILE} (build them: make quantize RUN=...)"
     else:
