@@ -130,10 +130,8 @@ class PhotoTaggerHandler:
         if self.int8 is not None:
             if compile_mode:
                 log.info("compile: %s left unused: the int8 package is compiled already", compile_mode)
-            self.forward = self.model
+                compile_mode = False
             self.runtime = replace(self.runtime, int8=True)
-            self.inference(self._blank_batch(1))
-            return
         if not compile_mode:
             self.forward = self.model
             self.inference(self._blank_batch(1))
