@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -49,6 +48,7 @@ from phototag.checkpoint import read_checkpoint
 from phototag.int8 import PACKAGE_FILE, incompatibility, read_report
 from phototag.model import ModelConfig
 from serving.torchserve_process import TorchServe, free_port
+from training.report import write_json
 from training.synth.render import render_jpegs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -456,7 +456,7 @@ def main(argv=None) -> int:
     print()
     print(table(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"\nwrote {args.out} ({report['total_seconds']} s)")
     return 0
 

@@ -10,7 +10,6 @@ the same behaviour without a clock, so that a busy machine cannot fail them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -28,6 +27,7 @@ import psutil
 from loadtests.faults import LoadRun, burst, recovery_after, send, steady_load, worker_pids
 from phototag.decoding import ImageDecodeError, decode_image
 from serving.torchserve_process import TorchServe
+from training.report import write_json
 from training.synth.render import render_jpegs
 
 
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     finally:
         server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0
 

@@ -13,7 +13,6 @@ newly wrong, or both).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import textwrap
@@ -29,7 +28,7 @@ from phototag.decoding import MAX_PIXELS
 from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
 from phototag.taxonomy import SINGLE, Taxonomy, TaxonomyError
 from training.evaluate import EvaluationError, add_in_process_args, check_answers, compute_metrics, tag_with_checkpoint
-from training.report import HIGHLIGHT, STYLE, save_figure, thumbnail, thumbnail_grid
+from training.report import HIGHLIGHT, STYLE, save_figure, thumbnail, thumbnail_grid, write_json
 
 ARCHIVE_MEMBERS = ("model.pt", "taxonomy.json")
 FIXED, NEWLY_WRONG, MIXED = "fixed", "newly wrong", "both"
@@ -264,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_changed_grid(result["changed"], Path(result["images_dir"]), Taxonomy.load(), args.out / "changed.png",
                            limit=args.show)
-        (args.out / "compare.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
+        write_json(args.out / "compare.json", result)
         report = write_report(result, args.out)
     except (LabelCsvError, TaxonomyError, EvaluationError, OSError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")

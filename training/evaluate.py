@@ -349,7 +349,7 @@ def write_outputs(result: dict, ev: Evaluation, out_dir: Path) -> dict[str, Path
         "worst": report.write_worst_grid(result["worst_images"], ev.image_dir, ev.taxonomy,
                                          out_dir / "worst_images.png"),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    report.write_json(out_dir / "metrics.json", result)
     figures["report"] = report.write_report_md(result, ev.taxonomy, figures, out_dir / "report.md")
     return figures
 

@@ -16,7 +16,6 @@ models; `auto` still refuses it, `precision: int8` serves it).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from phototag.int8 import (
 from phototag.taxonomy import SINGLE, Taxonomy, logits_to_tags
 from training.data import InMemoryDataset, load_labeled_folder
 from training.metrics import evaluate_logits
+from training.report import write_json
 from training.synth import generate_dataset
 
 # Re-scoring margins tried, in logits (0: never re-score), and the agreement the tuning photos must reach: above
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / PACKAGE_FILE).unlink(missing_ok=True)  # never leave a package beside a report it does not match
         if result["passed"] or args.keep_failed:
             shutil.move(package, out / PACKAGE_FILE)
-        (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+        write_json(out / REPORT_FILE, report)
     kept = (out / PACKAGE_FILE).exists()
     print(f"wrote {out / REPORT_FILE}" + (f" and {out / PACKAGE_FILE}" if kept else " (no package)"))
     return 0 if result["passed"] else 1

@@ -5,6 +5,7 @@ standalone `Figure`, so nothing depends on pyplot's global state.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import textwrap
@@ -38,6 +39,11 @@ STYLE = {
 }
 CMAP = "Blues"
 HIGHLIGHT = "#c0392b"  # operating points, wrong answers
+
+
+def write_json(path: Path, data: dict) -> None:
+    """A JSON report (metrics, benchmarks, checks): indented, UTF-8, non-ASCII labels kept readable."""
+    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def save_figure(fig: Figure, path: Path) -> Path:

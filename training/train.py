@@ -9,7 +9,6 @@ with weights_only=True), taxonomy.json (the same taxonomy, for the archive), met
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
@@ -30,7 +29,7 @@ from phototag.preprocessing import IMAGE_SIZE, RESIZE_MODES
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
 from training.data import InMemoryDataset, load_labeled_folder
 from training.metrics import evaluate_logits, format_metrics, majority_baseline, tune_thresholds
-from training.report import write_training_curves
+from training.report import write_json, write_training_curves
 
 log = logging.getLogger("train")
 
@@ -355,7 +354,7 @@ def main(args) -> dict:
                            val=evaluate_logits(val_logits, val_targets, trained_taxonomy))
             _save_run(args, model, trained_taxonomy, summary)
         summary.update(history=history, epochs_done=epoch, train_seconds=round(time.time() - started, 1))
-        _write_json(args.output_dir / "metrics.json", summary)
+        write_json(args.output_dir / "metrics.json", summary)
 
     model.load_state_dict(best["state"])
     log.info("best epoch %d, val with tuned thresholds:\n%s", best["epoch"], format_metrics(summary["val"], taxonomy))
@@ -365,14 +364,10 @@ def main(args) -> dict:
         summary["test_images"] = len(test_data)
         log.info("held-out test (%d images):\n%s\nmajority baseline on test:\n%s", len(test_data),
                  format_metrics(summary["test"], taxonomy), format_metrics(summary["test_baseline"], taxonomy))
-    _write_json(args.output_dir / "metrics.json", summary)
+    write_json(args.output_dir / "metrics.json", summary)
     log.info("saved %s (model.pt, taxonomy.json, metrics.json)", args.output_dir)
     write_training_curves(summary["history"], args.output_dir)
     return summary
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _save_run(args, model, taxonomy: Taxonomy, summary: dict) -> None:
@@ -383,7 +378,7 @@ def _save_run(args, model, taxonomy: Taxonomy, summary: dict) -> None:
     save_checkpoint(args.output_dir / "model.pt", export, taxonomy, args=_jsonable_args(args),
                     epoch=summary["best_epoch"], metrics=summary["val"])
     taxonomy.save(args.output_dir / "taxonomy.json")
-    _write_json(args.output_dir / "args.json", _jsonable_args(args))
+    write_json(args.output_dir / "args.json", _jsonable_args(args))
 
 
 if __name__ == "__main__":
