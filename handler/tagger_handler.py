@@ -48,8 +48,10 @@ TAXONOMY_FILE = "taxonomy.json"
 OIP_OUTPUT = "tags"  # name of the OIP output tensor: one BYTES element, the tag JSON
 
 
-def _record_metrics(metrics, decode_ms: float, inference_ms: float, batch_size: int, responses: list[dict]) -> None:
-    """Custom metrics for operators, exposed on the Prometheus endpoint (config: model_metrics_auto_detect)."""
+def _record_metrics(metrics, decode_ms: float, inference_ms: float, batch_size: int, responses: list[dict],
+                    rescored: int | None) -> None:
+    """Custom metrics for operators, exposed on the Prometheus endpoint (config: model_metrics_auto_detect).
+    `rescored`: photos of this batch the int8 path handed to the eager model, None when int8 is not served."""
     if metrics is None:  # a Context built without TorchServe's metrics cache (in-process use)
         return
     from ts.metrics.dimension import Dimension
@@ -58,6 +60,8 @@ def _record_metrics(metrics, decode_ms: float, inference_ms: float, batch_size: 
     metrics.add_time("TaggerDecodeTime", decode_ms, None, "ms", [], MetricTypes.GAUGE)
     metrics.add_time("TaggerInferenceTime", inference_ms, None, "ms", [], MetricTypes.GAUGE)
     metrics.add_metric("TaggerBatchSize", batch_size, "count", None, [], MetricTypes.GAUGE)
+    if rescored is not None:  # how much of the int8 speed borderline photos give back (docs/performance.md)
+        metrics.add_counter("TaggerInt8Rescored", rescored, None, [])
     for reason, count in Counter(r["reason"] for r in responses if "error" in r).items():
         metrics.add_counter("TaggerDecodeFailures", count, None, [Dimension("Reason", reason)])
     for tag, count in Counter(t for r in responses for t in r.get("tags", ())).items():
@@ -218,6 +222,7 @@ class PhotoTaggerHandler:
         started = time.perf_counter()
         batch, prepared = self.preprocess(requests, content_types)
         decoded = time.perf_counter()
+        rescored_before = self.int8.rescored if self.int8 is not None else None
         logits = self.inference(batch)
         inferred = time.perf_counter()
         responses = self.postprocess(logits, prepared)
@@ -226,8 +231,9 @@ class PhotoTaggerHandler:
             if "error" in response and (not isinstance(request, OipRequest) or request.binary):
                 context.set_response_status(response["code"], response["error"][:200], index)
         log.info("batch of %d requests: %d tagged, %d refused", len(data), len(batch), len(data) - len(batch))
+        rescored = None if rescored_before is None else self.int8.rescored - rescored_before
         _record_metrics(getattr(context, "metrics", None), 1000 * (decoded - started), 1000 * (inferred - decoded),
-                        len(data), responses)
+                        len(data), responses, rescored)
         return [self.format_response(r, request, index, context)
                 for index, (request, r) in enumerate(zip(requests, responses))]
 

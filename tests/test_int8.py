@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -177,32 +178,66 @@ def test_worker_choice_of_precision(int8_run, tiny_run, tmp_path):
         select_int8("int8", CPU, tiny_run, tiny_run / "model.pt")
 
 
+def _split_margin(run_folder: Path, images: list[bytes]) -> tuple[float, int]:
+    """A re-scoring margin that sends some of `images` (scored one per batch, as a lone request is) to the eager
+    model and not the others, at the widest gap between their decision margins; and how many it sends."""
+    handler = load_handler(run_folder, {"precision": "int8", "decode_threads": 1}, 1)
+    margins = []
+    for image in images:
+        batch, _ = handler.preprocess([{"body": image}], [None])
+        margins.append(float(decision_margins(predict_logits(handler.int8.package, batch, INT8_INPUT),
+                                              handler.taxonomy)[0]))
+    ranked = sorted(margins)
+    gap, cut = max((ranked[i + 1] - ranked[i], i + 1) for i in range(len(ranked) - 1))
+    assert gap > 1e-3, f"the photos' decision margins are too close to split: {ranked}"
+    return (ranked[cut - 1] + ranked[cut]) / 2, cut
+
+
+def _metric_total(text: str, name: str) -> float | None:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+    return sum(values) if values else None
+
+
 @pytest.mark.server
 def test_archive_serves_the_package(int8_run, sample_images, tmp_path):
     """`make archive` packs the package and its report; TorchServe's worker serves the same answers as the
-    in-process int8 handler."""
+    in-process int8 handler, re-scoring the same borderline photos, and counts them on the metrics endpoint."""
+    images = sample_images[:6]
+    archived = tmp_path / "run"
+    shutil.copytree(int8_run, archived)
+    report = _report(archived)
+    report["rescore_margin"], rescored = _split_margin(archived, images)
+    (archived / REPORT_FILE).write_text(json.dumps(report))
     config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
     config.update(minWorkers=1, maxWorkers=1)
     config["handler"] = {**config["handler"], "precision": "int8"}
     config_file = tmp_path / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     store = tmp_path / "store"
-    run(["make", "--no-print-directory", "archive", f"RUN={int8_run}", f"STORE={store}", f"BUILD={tmp_path / 'b'}",
+    run(["make", "--no-print-directory", "archive", f"RUN={archived}", f"STORE={store}", f"BUILD={tmp_path / 'b'}",
          f"MODEL_CONFIG={config_file}"])
     server = TorchServe(tmp_path / "ts", store).start()
     try:
         served = [requests.post(f"{server.inference_url}/predictions/tagger", data=image, timeout=60,
-                                headers=bearer("inference", server.key_file)) for image in sample_images[:6]]
+                                headers=bearer("inference", server.key_file)) for image in images]
+        deadline, counted = time.monotonic() + 30, None
+        while counted != rescored and time.monotonic() < deadline:  # backend metrics arrive via the worker's log
+            counted = _metric_total(requests.get(f"{server.metrics_url}/metrics", timeout=10).text,
+                                    "TaggerInt8Rescored")
+            time.sleep(0.5)
         log = server.log_text()
     finally:
         server.stop()
     assert all(r.status_code == 200 for r in served), [r.text for r in served]
     assert "ready on cpu int8 (AOTInductor package" in log
-    local = _answers(load_handler(int8_run, {"precision": "int8", "decode_threads": 1}, 1), sample_images[:6])
-    # per-request batches on the server, one batch here: int8 kernels may round differently by batch, so compare
-    # the tags and the scores to two decimals
-    for answer, expected in zip(served, local):
+    assert 0 < rescored < len(images) and counted == rescored, (counted, rescored)
+    local = load_handler(archived, {"precision": "int8", "decode_threads": 1}, 1)
+    warm_up_rescored = local.int8.rescored  # the worker's warm-up batch goes through the int8 path too
+    # one photo per batch, as the server answered them: int8 kernels may round differently by batch size
+    for answer, image in zip(served, images):
+        expected = _answers(local, [image])[0]
         body = answer.json()
         assert body["tags"] == expected["tags"]
         scores = body["objects"]["scores"]
         assert all(abs(scores[k] - expected["objects"]["scores"][k]) < 0.02 for k in scores)
+    assert local.int8.rescored - warm_up_rescored == rescored
