@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from client.results import JSONL_NAME, load_records
 from phototag.decoding import ImageDecodeError, decode_image
 from phototag.taxonomy import DEFAULT_THRESHOLD, SINGLE, Taxonomy
 
@@ -150,19 +151,20 @@ def _original_link(root_from_page: str, file: str) -> str | None:
 
 def write_gallery(out_dir: str | Path, root: str | Path, *, records: dict[str, dict] | None = None,
                   taxonomy: Taxonomy | None = None, thresholds: dict[str, float] | None = None,
-                  workers: int = 4) -> GalleryResult:
+                  workers: int = 4, only: list[str] | None = None, page_name: str = PAGE_NAME,
+                  search: str | None = None) -> GalleryResult:
     """(Re)write OUT/index.html from OUT/tags.jsonl (or `records`) and the photos under root.
 
     Thumbnails are made only where missing or older than their photo, so re-running after a resumed tagging run
     costs only the new photos. `thresholds` (e.g. from the run's taxonomy.json) override the implied ones.
+    A search page (client.search --open) shows `only` those files, in that order, titled with `search`; it sits
+    beside index.html and shares its corrections.
     """
-    from client.tag_folder import JSONL_NAME, load_records  # tag_folder imports this module in its main()
-
     out_dir, root = Path(out_dir), Path(root)
     taxonomy = taxonomy or Taxonomy.load()
     if records is None:
         records = load_records(out_dir / JSONL_NAME)
-    ordered = [records[name] for name in sorted(records)]
+    ordered = [records[name] for name in (sorted(records) if only is None else only)]
     thumbs = out_dir / THUMB_DIR
     thumbs.mkdir(parents=True, exist_ok=True)
 
@@ -187,11 +189,14 @@ def write_gallery(out_dir: str | Path, root: str | Path, *, records: dict[str, d
         # localStorage is shared by every file:// page: the corrections are kept under the page's own folder.
         "storage_key": "phototag-gallery:" + str(out_dir.resolve()),
         "taxonomy": taxonomy_for_page(taxonomy),
-        "thresholds": {**implied_thresholds(ordered, taxonomy), **(thresholds or {})},
+        # From every answer, not only the shown ones: a search page marks the same photos for review as index.html.
+        "thresholds": {**implied_thresholds(list(records.values()), taxonomy), **(thresholds or {})},
         "review": {"below": REVIEW_BELOW, "margin": REVIEW_MARGIN, "default_threshold": DEFAULT_THRESHOLD},
         "photos": photos,
     }
-    page = out_dir / PAGE_NAME
+    if search is not None:
+        data["search"] = search
+    page = out_dir / page_name
     tmp = page.with_name(page.name + ".tmp")
     tmp.write_text(render_page(data), encoding="utf-8")
     os.replace(tmp, page)  # a browser reloading mid-write never sees half a page

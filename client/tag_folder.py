@@ -3,9 +3,14 @@
     python -m client.tag_folder /media/card/DCIM --out results/card1              # REST, 4 at a time
     python -m client.tag_folder photos --out results/photos --grpc --concurrency 8
 
-OUT_DIR receives `tags.jsonl` (one line per photo: the server's answer, or why it failed) and `tags.csv` (the
-original dataset's CSV format, one row per tagged photo). Running the same command again only sends the photos
-that are not tagged yet: an interrupted run resumes, and failed photos are tried again.
+    python -m client.tag_folder photos --out results/photos --xmp --lang ru        # + XMP sidecars for photo managers
+
+OUT_DIR receives `tags.jsonl` (one line per photo: the server's answer, or why it failed), `tags.csv` (the
+original dataset's CSV format, one row per tagged photo), the search index `index.sqlite` (client.search) and the
+review page `index.html` (client.gallery). Running the same command again only sends the photos that are not
+tagged yet: an interrupted run resumes, and failed photos are tried again. With --xmp every tagged photo gets an
+XMP sidecar (client.xmp), merged into the one it may already have; --corrections makes a volunteer's reviewed
+tags win over the model's, there and in the index.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,13 +31,32 @@ import grpc
 import requests
 from tqdm import tqdm
 
+from client import search_index
 from client.auth import DEFAULT_KEY_FILE, KeyFileError, read_key
+from client.gallery import GalleryResult, write_gallery
 from client.rest import DEFAULT_INFERENCE_URL, ServiceError, tag_image
-from phototag.labels_csv import Labels, write_labels_csv
-from phototag.taxonomy import SINGLE, Taxonomy
+from client.results import (
+    CORRECTIONS_NAME,
+    CSV_NAME,
+    INDEX_NAME,
+    JSONL_NAME,
+    load_corrections,
+    load_records,
+    save_results,
+)
+from client.sidecars import (
+    LANGS,
+    NAMINGS,
+    SidecarFolderError,
+    SidecarOptions,
+    SidecarReport,
+    check_writable,
+    write_sidecars,
+)
+from phototag.labels_csv import LabelCsvError, read_labels_csv
+from phototag.taxonomy import Taxonomy
 
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .webp .bmp .tif .tiff .gif .heic .heif .avif".split())
-JSONL_NAME, CSV_NAME = "tags.jsonl", "tags.csv"
 TRANSIENT_HTTP = frozenset({429, 502, 503, 504, 507})
 TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -143,13 +168,17 @@ def _failed(name: str, failure: Failure) -> dict:
 
 
 # ---- the folder ----------------------------------------------------------------------------------------------------
-def scan(root: Path, exclude: Path | None = None) -> tuple[list[tuple[str, Path]], Counter]:
-    """([(relative posix name, path)] of the photos in sorted order, skip reason -> count)."""
+def scan(root: Path, exclude: Path | set[Path] | None = None) -> tuple[list[tuple[str, Path]], Counter]:
+    """([(relative posix name, path)] of the photos in sorted order, skip reason -> count). `exclude`: resolved
+    folders not to walk (the run's own output and sidecar folders, when they lie inside root)."""
+    exclude = {exclude} if isinstance(exclude, Path) else set(exclude or ())
     photos, skipped = [], Counter()
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and Path(folder, d).resolve() != exclude]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and Path(folder, d).resolve() not in exclude]
         for name in files:
             path = Path(folder, name)
+            if path.suffix.lower() == ".xmp":
+                continue  # a photo's sidecar (ours or a photo manager's): part of the photo, not a skipped file
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped["not an image"] += 1
             elif name.startswith("."):
@@ -159,45 +188,14 @@ def scan(root: Path, exclude: Path | None = None) -> tuple[list[tuple[str, Path]
     return sorted(photos), skipped
 
 
-def load_records(path: Path) -> dict[str, dict]:
-    """file -> its latest record in tags.jsonl; a line cut short by a killed run is ignored."""
-    records: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("file"), str):
-                records[record["file"]] = record
-    return records
-
-
-def response_labels(record: dict, taxonomy: Taxonomy) -> Labels:
-    """The labels of a tag answer in the shape phototag.labels_csv reads and writes."""
-    return {g.name: record[g.name]["label"] if g.kind == SINGLE else list(record[g.name]["labels"])
-            for g in taxonomy.groups}
-
-
-def _save(out_dir: Path, records: dict[str, dict], taxonomy: Taxonomy) -> None:
-    """Rewrite tags.jsonl (one line per file) and tags.csv; each is replaced whole, so a kill never leaves half."""
-    ordered = [records[name] for name in sorted(records)]
-    jsonl, csv_path = out_dir / JSONL_NAME, out_dir / CSV_NAME
-    tmp = jsonl.with_name(jsonl.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered), encoding="utf-8")
-    os.replace(tmp, jsonl)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    write_labels_csv(tmp, [(r["file"], response_labels(r, taxonomy)) for r in ordered if r.get("status") == "ok"],
-                     taxonomy)
-    os.replace(tmp, csv_path)
-
-
 def tag_folder(root: str | Path, out_dir: str | Path, *, tagger: Tagger, concurrency: int = 4, retries: int = 4,
-               progress: bool = True, backoff: float = 0.5, taxonomy: Taxonomy | None = None) -> Summary:
+               progress: bool = True, backoff: float = 0.5, taxonomy: Taxonomy | None = None,
+               exclude: tuple[Path, ...] = ()) -> Summary:
     """Tag the photos under root that OUT_DIR's tags.jsonl does not have as tagged yet; see the module docstring.
 
     tagger maps image bytes to the service's tag JSON and raises (client.rest.ServiceError, requests or grpc
     errors) when the call fails. Transient failures are retried `retries` times, waiting backoff, 2*backoff, ...
+    Folders in `exclude` (e.g. the sidecar folder) are not walked, nor is OUT_DIR.
     """
     root, out_dir, retries = Path(root), Path(out_dir), max(0, retries)
     if not root.is_dir():
@@ -205,11 +203,11 @@ def tag_folder(root: str | Path, out_dir: str | Path, *, tagger: Tagger, concurr
     out_dir.mkdir(parents=True, exist_ok=True)
     taxonomy = taxonomy or Taxonomy.load()
     summary = Summary()
-    photos, summary.skipped = scan(root, exclude=out_dir.resolve())
+    photos, summary.skipped = scan(root, exclude={out_dir.resolve(), *(Path(p).resolve() for p in exclude)})
     records = load_records(out_dir / JSONL_NAME)
     todo = [(name, path) for name, path in photos if records.get(name, {}).get("status") != "ok"]
     summary.resumed = len(photos) - len(todo)
-    _save(out_dir, records, taxonomy)  # drops a torn last line so that the lines appended below stay whole
+    save_results(out_dir, records, taxonomy)  # drops a torn last line so that the lines appended below stay whole
 
     stop = threading.Event()
     pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="tag")
@@ -237,7 +235,7 @@ def tag_folder(root: str | Path, out_dir: str | Path, *, tagger: Tagger, concurr
     finally:
         stop.set()  # wakes workers out of their backoff
         pool.shutdown(wait=False, cancel_futures=True)
-        _save(out_dir, records, taxonomy)
+        save_results(out_dir, records, taxonomy)
     return summary
 
 
@@ -263,11 +261,52 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retries of a transient failure (HTTP 503, timeout, refused key, ...), waiting 0.5 s, "
                              "1 s, 2 s, ... in between (default: 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    xmp = parser.add_argument_group("XMP sidecars, for digiKam, darktable, Lightroom and Immich")
+    xmp.add_argument("--xmp", action="store_true",
+                     help="write each tagged photo's tags into an XMP sidecar beside it, merged into an existing one "
+                          "(other tools' metadata and the team's own keywords are kept)")
+    xmp.add_argument("--xmp-dir", type=Path, metavar="DIR",
+                     help="write the sidecars under DIR, in the photo folder's tree, instead of beside the photos "
+                          "(for a read-only photo folder); implies --xmp")
+    xmp.add_argument("--xmp-name", choices=NAMINGS, default=NAMINGS[0],
+                     help=f"sidecar naming: {NAMINGS[0]} (digiKam, darktable, Immich; the default) or {NAMINGS[1]} "
+                          f"(Lightroom; Immich reads it too)")
+    xmp.add_argument("--lang", choices=LANGS, default=LANGS[0],
+                     help="language of the sidecar keywords: en (AI tags/objects/dog_handler, the default) or ru "
+                          "(ИИ-теги/Объекты/Кинолог, the taxonomy's Russian names)")
+    parser.add_argument("--corrections", type=Path, action="append", default=[], metavar="CSV",
+                        help=f"a corrections.csv downloaded from the gallery (repeatable): those photos' reviewed tags "
+                             f"win over the model's in the sidecars and the search index; merged into "
+                             f"OUT_DIR/{CORRECTIONS_NAME}, which every later run reads")
     return parser
 
 
+@dataclass(frozen=True)
+class Published:
+    corrections_unknown: list[str]  # corrected files without an answer in this OUT_DIR (kept for a later run)
+    sidecars: SidecarReport | None
+    gallery: GalleryResult
+
+
+def publish(root: Path, out_dir: Path, *, taxonomy: Taxonomy, corrections: list[Path] = (),
+            sidecars: SidecarOptions | None = None, progress: bool = False) -> Published:
+    """After tagging: merge `corrections` into OUT/corrections.csv, sync the search index, write the sidecars
+    (with `sidecars`) and the review page, all from what OUT_DIR holds, so a rerun catches up on anything a
+    killed run did not get to."""
+    records = load_records(out_dir / JSONL_NAME)
+    merged = load_corrections(out_dir, corrections, records, taxonomy)
+    report = None
+    with closing(search_index.connect(out_dir)) as conn:
+        search_index.sync(conn, out_dir, taxonomy, root=root)
+        if sidecars:
+            report = write_sidecars(root, records, merged.labels, taxonomy, sidecars, conn, progress=progress)
+    gallery = write_gallery(out_dir, root, records=records)  # every run rewrites it: a resumed run updates it
+    return Published(merged.unknown, report, gallery)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 0 when every photo is tagged, 1 when some failed, 2 for unusable arguments, 130 on Ctrl-C."""
+    """Exit code 0 when every photo is tagged (and has its sidecar), 1 when some failed or a sidecar was left as
+    it was, 2 for unusable arguments, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         read_key("inference", args.key_file)  # one clear message now rather than a failure for every photo
@@ -276,6 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder", file=sys.stderr)
+        return 2
+    taxonomy = Taxonomy.load()
+    sidecars = SidecarOptions(args.lang, args.xmp_name, args.xmp_dir) if args.xmp or args.xmp_dir else None
+    not_walked = (args.xmp_dir,) if args.xmp_dir else ()
+    try:
+        for path in args.corrections:
+            read_labels_csv(path, taxonomy)  # a bad file stops the run now, not after an hour of tagging
+        if sidecars:
+            photos, _ = scan(args.root, exclude={p.resolve() for p in (args.out, *not_walked)})
+            check_writable(args.root, [name for name, _ in photos], sidecars)
+    except (OSError, LabelCsvError, SidecarFolderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     grpc_tagger = None
     if args.grpc:
@@ -287,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         tagger = rest_tagger(args.url, args.key_file, args.model, args.version)
     try:
         summary = tag_folder(args.root, args.out, tagger=tagger, concurrency=args.concurrency,
-                             retries=args.retries, progress=not args.no_progress)
+                             retries=args.retries, progress=not args.no_progress, taxonomy=taxonomy,
+                             exclude=not_walked)
     except KeyboardInterrupt:
         print(f"interrupted: the answers so far are in {args.out / JSONL_NAME}; run the same command again to "
               f"resume", file=sys.stderr)
@@ -297,11 +349,18 @@ def main(argv: list[str] | None = None) -> int:
             grpc_tagger.close()
     print(summary)
     print(f"results:      {args.out / JSONL_NAME}, {args.out / CSV_NAME}")
-    from client.gallery import write_gallery  # it reads this module's records: imported here, not at the top
-
-    gallery = write_gallery(args.out, args.root)  # every run rewrites it, so a resumed run updates the page
-    print(f"gallery:      {gallery.page} (open it in a browser; works offline)")
-    return 1 if summary.failed or summary.gave_up else 0
+    published = publish(args.root, args.out, taxonomy=taxonomy, corrections=args.corrections, sidecars=sidecars,
+                        progress=not args.no_progress)
+    unknown = published.corrections_unknown
+    if unknown:
+        print(f"corrections:  {len(unknown)} for photos without an answer here, kept for a later run: "
+              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    print(f"search index: {args.out / INDEX_NAME} (python -m client.search {args.out} night dog_handler)")
+    if published.sidecars:
+        print(published.sidecars)
+    print(f"gallery:      {published.gallery.page} (open it in a browser; works offline)")
+    problems = published.sidecars and published.sidecars.problems
+    return 1 if summary.failed or summary.gave_up or problems else 0
 
 
 if __name__ == "__main__":
