@@ -18,11 +18,14 @@ MODEL_CONFIG ?= handler/model-config.yaml
 BUILD ?= build
 STAGE := $(BUILD)/archive-$(VERSION)
 
-# Demo settings: sized so that `make demo` finishes in under 10 minutes on 2 CPU cores (see README).
+# Demo settings: sized so that `make demo` finishes in under 10 minutes on 2 CPU cores (see README). The demo
+# fine-tunes the project's committed warm start (weights/warm-start.pt, made by `make warm-start`).
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 1200
 DEMO_HOLDOUT_IMAGES ?= 300
-DEMO_TRAIN_ARGS ?= --epochs 5 --batch-size 32 --image-size 128 --opt adam --lr 2e-3
+WARM_START ?= weights/warm-start.pt
+DEMO_TRAIN_ARGS ?= --init-from $(WARM_START) --epochs 2 --batch-size 8 --crops-per-step 32 --opt adamw --lr 2e-4 \
+	--warmup 0.1
 # Full run: the README's quality targets, sized for a GPU: ~1M photos seen at 256 px (docs/model.md).
 FULL_DATA := data/full
 FULL_TRAIN_IMAGES ?= 12000
@@ -35,6 +38,8 @@ help:
 	@echo "make demo         synthetic data -> train (demo settings) -> archive -> serve -> tag held-out photos -> stop"
 	@echo "make test         the whole test suite (starts real TorchServe instances on free ports)"
 	@echo "make lint         ruff over the whole tree (CI runs it before the tests)"
+	@echo "make train-cpu    the CPU recipe from random init (resumes after an interruption)"
+	@echo "make warm-start   train-cpu, then its best model as $(WARM_START) (bf16), which the demo fine-tunes"
 	@echo "make train-full   the full training run on a large synthetic set (README: quality targets)"
 	@echo "make quantize     int8 package of RUN=$(RUN) for CPU serving, kept only if its tags match the eager model's"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
@@ -42,7 +47,7 @@ help:
 	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
 	@echo "make kserve-bundle  $(KSERVE_OUT)/ for KServe: config/config.properties + model-store/$(notdir $(ARCHIVE))"
 	@echo "                  (GPU pod settings from $(KSERVE_GPU_CONFIG); MODEL_CONFIG=file for others)"
-	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl + tags.csv + index.html gallery; re-run to resume)"
+	@echo "make tag-folder   tag every photo under DIR= into OUT= (tags.jsonl, tags.csv, index.html gallery, search index; XMP=1 sidecars; re-run to resume)"
 	@echo "make compare      OLD= and NEW= (archives or checkpoints) on DATA=: metrics side by side, changed photos"
 	@echo "make rollout      VERSION=2.0: register tagger-2.0.mar, check it on known photos, then make it the default"
 	@echo "make rollback     the default before the last rollout serves again (TO=1.0 for another)"
@@ -85,15 +90,24 @@ runs/demo/model.pt: $(DEMO_DATA)/train/labels.csv $(DEMO_DATA)/holdout/labels.cs
 
 train-demo: setup runs/demo/model.pt
 
-# The longest recipe that fits an hour of a 2-core CPU, data generation included (docs/model.md).
-CPU_DATA := data/cpu
-CPU_TRAIN_IMAGES ?= 6700
-CPU_TRAIN_ARGS ?= --epochs 5 --batch-size 32 --lr 0.05 --image-size 128 --val-fraction 0.1
+# The CPU recipe from random init (docs/model.md): per-cell object heads trained on 64 px crops of photos decoded
+# at the serving size, beside whole 256 px photos. Seeds 31/32 are nobody's held-out set. Re-running it after an
+# interruption resumes from runs/cpu/resume.pt (its last finished epoch).
+CPU_DATA := data/warm
+CPU_TRAIN_IMAGES ?= 24000
+CPU_TRAIN_ARGS ?= --epochs 12 --epoch-steps 500 --batch-size 4 --crops-per-step 64 --opt adamw --lr 2e-3 \
+	--warmup 0.03 --val-fraction 0.03 --image-size 256
 train-cpu: setup
-	test -f $(CPU_DATA)/train/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/train --count $(CPU_TRAIN_IMAGES) --seed 21 --max-size 1280
-	test -f $(CPU_DATA)/holdout/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/holdout --count 1000 --seed 22 --max-size 1280
-	$(PY) -m training.train --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/holdout/labels.csv \
-		--output-dir runs/cpu $(CPU_TRAIN_ARGS)
+	test -f $(CPU_DATA)/train/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/train --count $(CPU_TRAIN_IMAGES) --seed 31 --max-size 1280
+	test -f $(CPU_DATA)/holdout/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/holdout --count 500 --seed 32 --max-size 1280
+	if [ -f runs/cpu/resume.pt ]; then $(PY) -m training.train --output-dir runs/cpu --resume; \
+	else $(PY) -m training.train --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/holdout/labels.csv \
+		--output-dir runs/cpu $(CPU_TRAIN_ARGS); fi
+
+# The committed warm start: train-cpu's best checkpoint in bf16, with its metrics.json (training/warm_start.py).
+.PHONY: warm-start
+warm-start: train-cpu
+	$(PY) -m training.warm_start --run runs/cpu --out $(WARM_START)
 
 train-full: setup
 	test -f $(FULL_DATA)/train/labels.csv || $(PY) -m training.synth --out $(FULL_DATA)/train --count $(FULL_TRAIN_IMAGES) --seed 11
@@ -184,8 +198,8 @@ kserve-bundle: setup
 # ---- bulk tagging of a photo folder (needs a running server: make serve) ----------------------------------------
 .PHONY: tag-folder
 tag-folder: setup
-	@test -n "$(DIR)" -a -n "$(OUT)" || { echo "usage: make tag-folder DIR=photos OUT=results/photos [TAG_ARGS='--grpc --concurrency 8']"; exit 2; }
-	$(PY) -m client.tag_folder $(DIR) --out $(OUT) $(TAG_ARGS)
+	@test -n "$(DIR)" -a -n "$(OUT)" || { echo "usage: make tag-folder DIR=photos OUT=results/photos [XMP=1] [TAG_ARGS='--grpc --concurrency 8 --lang ru']"; exit 2; }
+	$(PY) -m client.tag_folder "$(DIR)" --out "$(OUT)" $(if $(XMP),--xmp) $(TAG_ARGS)
 
 # ---- the review loop (README "Review, corrections and the next version") ------------------------------------------
 # Compare two versions before rolling one out. OUT defaults to reports/compare here (reports/eval is evaluate's).

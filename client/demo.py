@@ -38,12 +38,13 @@ def held_out_note(metrics: dict, taxonomy: Taxonomy) -> str:
         return "The training run measured nothing on held-out photos (no --test-data)."
     heads = ", ".join(f"{g.name} {test[g.name]['macro_f1']:.2f}" for g in taxonomy.single_groups)
     minutes = metrics.get("train_seconds", 0) / 60
+    ap = f", mean object AP {test['mean_object_ap']:.2f}" if "mean_object_ap" in test else ""
     lines = [f"Held-out photos ({metrics.get('test_images')}), the run that is served ({minutes:.0f} min of "
-             f"training): macro-F1 {heads}; mean object F1 {test['mean_object_f1']:.2f}."]
+             f"training): macro-F1 {heads}; mean object F1 {test['mean_object_f1']:.2f}{ap}."]
     if test["mean_object_f1"] < OBJECTS_LEARNED_F1:
-        lines.append("This short demo training does NOT learn the objects yet: expect 'objects MISS' below. "
-                     "The objects need far more training: `make train-cpu` (an hour on a 2-core CPU) or "
-                     "`make train-full` on a GPU; README 'Measured quality' has their figures.")
+        lines.append("This run does NOT find the objects: expect 'objects MISS' below. Was it trained without "
+                     "the warm start (weights/warm-start.pt, `make warm-start`)? README 'Measured quality' has "
+                     "the figures of each recipe.")
     return "\n".join(lines)
 
 
@@ -63,6 +64,9 @@ def main(argv=None) -> int:
         print(f"=== {row.filename}")
         print(f"true:   {json.dumps(row.labels, ensure_ascii=False)}")
         print(f"served: {json.dumps(answer, ensure_ascii=False)}")
+        for group in taxonomy.multi_groups:
+            print(f"        {group.name} found: {', '.join(answer[group.name]['labels']) or '-'}"
+                  f"  (true: {', '.join(row.labels[group.name]) or '-'})")
         print(f"        {', '.join(_agreement(row.labels, answer, taxonomy))}")
     return 0
 

@@ -122,9 +122,9 @@ class PhotoTaggerHandler:
         self.decoder_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.model_version = str(context.manifest.get("model", {}).get("modelVersion", "unknown"))
         self._set_up_forward(settings.compile, int(model_config.get("batchSize", 1)))
-        log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px (%s), object pooling %s, "
-                 "groups %s", self.model_version, self.runtime.describe(), self.jpeg_decoder,
-                 self.taxonomy.num_logits, self.image_size, self.model.config.resize,
+        log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px (%s), object head %s "
+                 "(pooling %s), groups %s", self.model_version, self.runtime.describe(), self.jpeg_decoder,
+                 self.taxonomy.num_logits, self.image_size, self.model.config.resize, self.model.config.object_head,
                  self.model.config.object_pooling, list(self.taxonomy.head_sizes))
         self.initialized = True
 

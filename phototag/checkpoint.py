@@ -14,8 +14,9 @@ from phototag.model import ModelConfig, MultiHeadTagger
 from phototag.taxonomy import Taxonomy
 
 # 2: the model config gained `resize` and `object_pooling` (version-1 files load with squash + average pooling,
-# which is how they were trained); a file from a newer format is refused rather than served the wrong way.
-FORMAT_VERSION = 2
+# which is how they were trained). 3: `object_head` (cells: per-cell object logits on layer3; files of format 2
+# and older load as pooled heads). A file from a newer format is refused rather than served the wrong way.
+FORMAT_VERSION = 3
 
 
 def save_checkpoint(path: str | Path, model: MultiHeadTagger, taxonomy: Taxonomy, **extra: Any) -> None:

@@ -1,15 +1,23 @@
-"""The multi-head tagger: a ResNet backbone, global pooling, and one dropout+linear head per taxonomy group.
+"""The multi-head tagger: a ResNet backbone and one head per taxonomy group.
 
-The single-choice heads (time of day, season, terrain) read the average of the last feature map: they are about
-the whole frame. The yes/no object heads may read another pooling of the same map (`ModelConfig.object_pooling`):
-an object covers a cell or two of the 4×4 map at 128 px, and averaging dilutes its evidence sixteenfold, while
-max or generalised-mean (GeM) pooling keeps a small, strong response. Average stays the default: at the budgets
-measured so far the sharper poolings learned no faster (docs/model.md). The heads' outputs are concatenated in taxonomy
-order into one logit vector, so the model's output layout is exactly the taxonomy's logit layout (see
-`Taxonomy.check_model_outputs`).
+The single-choice heads (time of day, season, terrain) are dropout+linear heads on the average of the last feature
+map (stride 32): they are about the whole frame.
+
+The yes/no object heads come in two kinds (`ModelConfig.object_head`):
+
+- ``cells`` (what training builds now): a 1×1 convolution over layer3's map (stride 16, 16×16 cells at 256 px)
+  gives a logit per object per cell, and the photo's logit is the maximum over the cells. A drawn object is 5-60 px
+  at 256 px; a photo-level label on a pooled map never told the network where to look, and every such run stayed at
+  chance (docs/model.md). Per-cell logits can be trained from boxes, and they say where each object is.
+- ``pooled`` (checkpoints from before): dropout+linear heads on a pooling of the last map (`object_pooling`: avg,
+  max or GeM). Kept so that those checkpoints load and serve exactly as they were trained.
+
+The heads' outputs are concatenated in taxonomy order into one logit vector, so the model's output layout is
+exactly the taxonomy's logit layout (see `Taxonomy.check_model_outputs`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -22,6 +30,10 @@ from phototag.taxonomy import SINGLE, Taxonomy
 BACKBONES = {"resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
              "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1)}
 POOLINGS = ("avg", "max", "gem")
+OBJECT_HEADS = ("pooled", "cells")
+# A fresh per-cell head starts every cell at a 1 % prior (RetinaNet's focal-loss initialisation): with ~250 cells
+# a photo and nearly all of them negative, a 50 % start would spend the first thousands of steps unlearning it.
+CELL_PRIOR = 0.01
 GEM_INITIAL_P = 3.0  # Radenović et al.: p = 1 is the average, p -> inf the maximum; 3 is their usual start
 
 
@@ -36,13 +48,19 @@ class ModelConfig:
     mean: tuple[float, ...] = field(default=MEAN)
     std: tuple[float, ...] = field(default=STD)
     resize: str = "squash"  # phototag.preprocessing: squash | letterbox
-    object_pooling: str = "avg"  # avg | max | gem, for the heads named in object_heads
+    # pooled: avg | max | gem of the last map, then linear; cells: max over the per-cell logits
+    object_pooling: str = "avg"
     object_heads: tuple[str, ...] = ()
+    object_head: str = "pooled"  # pooled | cells (module docstring)
 
     def __post_init__(self):
         check_resize(self.resize)
+        if self.object_head not in OBJECT_HEADS:
+            raise ValueError(f"object_head must be one of {OBJECT_HEADS}, not {self.object_head!r}")
         if self.object_pooling not in POOLINGS:
             raise ValueError(f"object_pooling must be one of {POOLINGS}, not {self.object_pooling!r}")
+        if self.object_head == "cells" and self.object_pooling != "max":
+            raise ValueError("a per-cell object head scores a photo by its best cell: object_pooling must be 'max'")
         unknown = set(self.object_heads) - set(self.head_sizes)
         if unknown:
             raise ValueError(f"object_heads {sorted(unknown)} are not heads of the model {list(self.head_sizes)}")
@@ -72,6 +90,11 @@ class ModelConfig:
     @property
     def num_logits(self) -> int:
         return sum(self.head_sizes.values())
+
+    @property
+    def cell_stride(self) -> int:
+        """Input pixels per cell of the per-cell object map (layer3 of a ResNet)."""
+        return 16
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -117,29 +140,67 @@ class MultiHeadTagger(nn.Module):
                 f"$TORCH_HOME/hub/checkpoints/ or train with --weights none"
             ) from exc
         feature_dim = backbone.fc.in_features
+        cell_dim = backbone.layer3[-1].conv2.out_channels
         backbone.fc = nn.Identity()  # forward() pools the last feature map itself; no parameters are dropped
         self.backbone = backbone
-        self.object_pool = _pooling(config.object_pooling)
-        self.object_head_names = frozenset(config.object_heads)
-        self.heads = nn.ModuleDict(
-            {name: nn.Sequential(nn.Dropout(config.dropout), nn.Linear(feature_dim, size))
-             for name, size in config.head_sizes.items()}
-        )
+        self.cells = config.object_head == "cells"
+        self.object_pool = None if self.cells else _pooling(config.object_pooling)
+        self.object_head_names = tuple(name for name in config.head_sizes if name in config.object_heads)
+        heads = {}
+        for name, size in config.head_sizes.items():
+            if self.cells and name in self.object_head_names:
+                conv = nn.Conv2d(cell_dim, size, kernel_size=1)
+                nn.init.constant_(conv.bias, -math.log((1 - CELL_PRIOR) / CELL_PRIOR))
+                heads[name] = nn.Sequential(nn.Dropout(config.dropout), conv)
+            else:
+                heads[name] = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(feature_dim, size))
+        self.heads = nn.ModuleDict(heads)
+
+    def cell_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] -> layer3's map [N, C3, H/16, W/16], the map the per-cell object heads read."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
+        return b.layer3(b.layer2(b.layer1(x)))
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] -> the backbone's last feature map [N, C, H/32, W/32] (torchvision's ResNet
         forward up to, not including, its average pooling)."""
-        b = self.backbone
-        x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
-        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        return self.backbone.layer4(self.cell_features(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images [N, 3, H, W] normalised float -> logits [N, num_logits] in taxonomy order."""
+    def object_cells(self, cell_map: torch.Tensor) -> torch.Tensor:
+        """layer3's map [N, C3, h, w] -> per-cell object logits [N, K, h, w], K = all yes/no classes in taxonomy
+        order (a per-cell model only)."""
+        return torch.cat([self.heads[name](cell_map) for name in self.object_head_names], dim=1)
+
+    def forward_with_cells(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images [N, 3, H, W] normalised float -> (logits [N, num_logits] in taxonomy order, per-cell object
+        logits [N, K, H/16, W/16] or None for a pooled-head model). A photo's object logit is its best cell's."""
+        if not self.cells:
+            return self._forward_pooled(images), None
+        cell_map = self.cell_features(images)
+        average = self.backbone.layer4(cell_map).mean(dim=(2, 3))
+        cells = self.object_cells(cell_map)
+        photo = cells.amax(dim=(2, 3)).to(average.dtype)
+        out, start = [], 0
+        for name, head in self.heads.items():
+            if name in self.object_head_names:
+                size = self.config.head_sizes[name]
+                out.append(photo[:, start:start + size])
+                start += size
+            else:
+                out.append(head(average))
+        return torch.cat(out, dim=1), cells
+
+    def _forward_pooled(self, images: torch.Tensor) -> torch.Tensor:
         fmap = self.feature_map(images)
         average = fmap.mean(dim=(2, 3))
         pooled = average if self.object_pool is None else torch.flatten(self.object_pool(fmap), 1).to(average.dtype)
         return torch.cat([head(pooled if name in self.object_head_names else average)
                           for name, head in self.heads.items()], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] normalised float -> logits [N, num_logits] in taxonomy order."""
+        return self.forward_with_cells(images)[0]
 
 
 def build_model(taxonomy: Taxonomy, weights: str = "none", **config_kwargs) -> MultiHeadTagger:

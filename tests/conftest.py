@@ -40,12 +40,13 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> Path:
     learning rate: three steps at the default peak leave batch-norm statistics so far from the weights that eval
     mode gives logits in the millions, and tests compare answers between precisions and paths.
 
-    Letterboxed input and GeM object pooling (neither is the default), so that the served
-    tests exercise the preprocessing and pooling that differ most from the old squash + average model."""
+    Letterboxed input (not the default) and the per-cell object head trained from the box sidecar on crops, so
+    that the served tests exercise the preprocessing and the head that differ most from the old squash + average
+    model."""
     out = tmp_path_factory.mktemp("tiny_run")
     run([PYTHON, "-m", "training.train", "--data", str(tiny_dataset), "--epochs", "1", "--batch-size", "8",
          "--image-size", "64", "--val-fraction", "0.25", "--lr", "0.005", "--resize", "letterbox",
-         "--object-pooling", "gem",
+         "--crops-per-step", "8", "--crop-size", "32",
          "--output-dir", str(out)])
     return out
 

@@ -15,8 +15,8 @@ from phototag.checkpoint import load_model
 from phototag.inference import Runtime, predict_logits, prepare_model
 from phototag.taxonomy import Taxonomy
 from training.data import load_labeled_folder
-from training.evaluate import get_args_parser, main, pr_curve, run_evaluation, summarise
-from training.metrics import evaluate_logits, precision_recall
+from training.evaluate import get_args_parser, main, run_evaluation, summarise
+from training.metrics import evaluate_logits, pr_curve, precision_recall
 from training.report import write_training_curves
 
 SINGLE_HEADS = ("time_of_day", "season", "terrain")

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from phototag.labels_csv import labels_to_row
 from phototag.taxonomy import MULTI, SINGLE, UNKNOWN, Taxonomy
 from training import synth
+from training.boxes import read_object_boxes
 from training.synth import dataset, shapes
 
 TAXONOMY = Taxonomy.load()
@@ -247,11 +248,11 @@ def test_boxes_come_with_the_same_pixels_and_one_box_per_drawn_object():
 
 def test_dataset_writes_a_boxes_sidecar_that_the_csv_reader_ignores(tmp_path):
     csv_path = synth.generate_dataset(tmp_path, count=8, seed=4, max_size=400, workers=1)
-    boxes = synth.read_object_boxes(csv_path)
+    boxes = read_object_boxes(csv_path)
     rows = _read_csv(csv_path)[1:]
     assert sorted(boxes) == sorted(r[0] for r in rows)
     objects = [g for g in TAXONOMY.groups if g.kind == MULTI][0].class_ids
     for row in rows:
         drawn = sorted({b["object"] for b in boxes[row[0]]})
         assert drawn == sorted(c for c, v in zip(objects, row[4:]) if v == "1"), row
-    assert synth.read_object_boxes(tmp_path / "elsewhere" / "labels.csv") == {}
+    assert read_object_boxes(tmp_path / "elsewhere" / "labels.csv") == {}

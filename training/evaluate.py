@@ -34,10 +34,10 @@ from phototag.inference import PRECISIONS, Runtime, load_image, predict_logits, 
 from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv, split_missing
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError, logits_to_tags
 from training import report
-from training.metrics import metrics_from_predictions
+from training.boxes import read_object_boxes
+from training.metrics import metrics_from_predictions, pr_curve
 from training.object_sizes import breakdown_by_size, format_breakdown, object_sizes
 from training.report import threshold_text
-from training.synth import read_object_boxes
 
 IN_PROCESS_VERSION = "checkpoint"  # model_version written into in-process answers
 
@@ -180,24 +180,6 @@ def compute_metrics(rows: list[LabeledImage], answers: list[dict], taxonomy: Tax
     truth = {name: true for name, (true, _, _) in parts.items()}
     predicted = {name: pred for name, (_, pred, _) in parts.items()}
     return metrics_from_predictions(truth, predicted, taxonomy)
-
-
-def pr_curve(truth: np.ndarray, scores: np.ndarray) -> dict:
-    """Precision-recall points at every distinct score (descending) and the average precision (sklearn's step
-    definition). recall/precision start at (0, 1) so the curve can be drawn from the top-left."""
-    truth = truth.astype(bool)
-    order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], truth[order]
-    positives = int(truth.sum())
-    if len(s) == 0:
-        return {"recall": [0.0], "precision": [1.0], "thresholds": [], "average_precision": 0.0, "positives": 0}
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each run of equal scores
-    tp, fp = np.cumsum(t)[last], np.cumsum(~t)[last]
-    precision = tp / (tp + fp)
-    recall = tp / positives if positives else np.zeros_like(tp, dtype=float)
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if positives else 0.0
-    return {"recall": [0.0] + recall.tolist(), "precision": [1.0] + precision.tolist(),
-            "thresholds": s[last].tolist(), "average_precision": ap, "positives": positives}
 
 
 def implied_thresholds(rows: list[LabeledImage], answers: list[dict], taxonomy: Taxonomy) -> dict[str, list[float]]:

@@ -88,9 +88,38 @@ def predictions_from_logits(logits: np.ndarray, taxonomy: Taxonomy) -> dict[str,
     return predicted
 
 
+def pr_curve(truth: np.ndarray, scores: np.ndarray) -> dict:
+    """Precision-recall points at every distinct score (descending) and the average precision (sklearn's step
+    definition). recall/precision start at (0, 1) so the curve can be drawn from the top-left."""
+    truth = truth.astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order]
+    positives = int(truth.sum())
+    if len(s) == 0:
+        return {"recall": [0.0], "precision": [1.0], "thresholds": [], "average_precision": 0.0, "positives": 0}
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each run of equal scores
+    tp, fp = np.cumsum(t)[last], np.cumsum(~t)[last]
+    precision = tp / (tp + fp)
+    recall = tp / positives if positives else np.zeros_like(tp, dtype=float)
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if positives else 0.0
+    return {"recall": [0.0] + recall.tolist(), "precision": [1.0] + precision.tolist(),
+            "thresholds": s[last].tolist(), "average_precision": ap, "positives": positives}
+
+
 def evaluate_logits(logits: np.ndarray, targets: dict[str, np.ndarray], taxonomy: Taxonomy) -> dict:
-    """Metrics of logits [N, num_logits] against targets (per group: class indices [N] or 0/1 [N, K])."""
-    return metrics_from_predictions(targets, predictions_from_logits(logits, taxonomy), taxonomy)
+    """Metrics of logits [N, num_logits] against targets (per group: class indices [N] or 0/1 [N, K]), with each
+    object's average precision (`average_precision`) and their mean (`mean_object_ap`): F1 alone hides a model
+    at chance, whose AP sits at the object's base rate."""
+    result = metrics_from_predictions(targets, predictions_from_logits(logits, taxonomy), taxonomy)
+    ap = []
+    for group in taxonomy.multi_groups:
+        chunk = logits[:, group.logits]
+        per_class = {cls.id: pr_curve(targets[group.name][:, k], chunk[:, k])["average_precision"]
+                     for k, cls in enumerate(group.classes)}
+        result[group.name]["average_precision"] = per_class
+        ap.extend(per_class.values())
+    result["mean_object_ap"] = float(np.mean(ap)) if ap else float("nan")
+    return result
 
 
 def majority_baseline(train_targets: dict[str, np.ndarray], eval_targets: dict[str, np.ndarray],
@@ -133,5 +162,6 @@ def format_metrics(metrics: dict, taxonomy: Taxonomy) -> str:
             lines.append(f"  {group.name:<12} acc {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}")
         else:
             lines.append(f"  {group.name:<12} " + "  ".join(f"{k} {v:.2f}" for k, v in m["f1"].items()))
-    lines.append(f"  mean object F1 {metrics['mean_object_f1']:.4f}")
+    lines.append(f"  mean object F1 {metrics['mean_object_f1']:.4f}"
+                 + (f"  mean object AP {metrics['mean_object_ap']:.4f}" if "mean_object_ap" in metrics else ""))
     return "\n".join(lines)

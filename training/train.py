@@ -18,17 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from phototag.checkpoint import read_checkpoint, save_checkpoint
 from phototag.inference import PRECISIONS, Runtime, to_model_input
 from phototag.labels_csv import LabelCsvError, read_labels_csv, write_labels_csv
-from phototag.model import BACKBONES, POOLINGS, ModelConfig, PretrainedWeightsUnavailable, build_model
+from phototag.model import BACKBONES, OBJECT_HEADS, POOLINGS, ModelConfig, PretrainedWeightsUnavailable, build_model
 from phototag.preprocessing import IMAGE_SIZE, RESIZE_MODES
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
+from training.boxes import BoxFileError
 from training.data import InMemoryDataset, load_labeled_folder
 from training.metrics import evaluate_logits, format_metrics, majority_baseline, tune_thresholds
+from training.objects import MultiHeadLoss, cell_loss, sample_crops
 from training.report import write_json, write_training_curves
 
 log = logging.getLogger("train")
@@ -64,10 +65,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help="how a photo becomes the square input: squash stretches the whole frame (an object keeps "
                             "its full size along one axis), letterbox keeps the aspect ratio and pads; stored in the "
                             "checkpoint (default: squash, or the --init-from checkpoint's)")
+    model.add_argument("--object-head", choices=OBJECT_HEADS,
+                       help="cells: a logit per object per layer3 cell (stride 16), the photo's logit is the best "
+                            "cell's, trained from the box sidecar where there is one; pooled: linear heads on a "
+                            "pooling of the last map, the recipe before (default: cells, or the --init-from "
+                            "checkpoint's)")
     model.add_argument("--object-pooling", choices=POOLINGS,
-                       help="pooling of the last feature map for the yes/no object heads (the single-choice heads "
-                            "always average); gem = generalised mean with a learned exponent (docs/model.md) "
-                            "(default: avg, or the --init-from checkpoint's)")
+                       help="pooled object head only: pooling of the last feature map it reads (the single-choice "
+                            "heads always average); gem = generalised mean with a learned exponent (docs/model.md) "
+                            "(default: avg; a cells head always takes the max over its cells)")
     model.add_argument("--init-from", type=Path, metavar="CHECKPOINT",
                        help="start from an earlier run's model.pt (same arch and heads): a short run warm-starts a "
                             "longer one, corrections fine-tune a served model; its input size, resize and object "
@@ -82,11 +88,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="photos of --mix-data per photo of --data, drawn with --seed (all of them when it has "
                           "fewer; default: 1.0, half and half)")
 
+    crops = parser.add_argument_group("object crops at serving scale (per-cell model, photos with boxes)")
+    crops.add_argument("--crops-per-step", type=int, default=64,
+                       help="crops cut from photos decoded at the serving size, trained per cell beside each "
+                            "whole-photo batch (0: whole photos only)")
+    crops.add_argument("--crop-size", type=int, default=64,
+                       help="crop side in px, a multiple of the cell stride (16)")
+    crops.add_argument("--centred-crops", type=float, default=0.6,
+                       help="share of the crops placed over a random object of their photo (the rest anywhere)")
+
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=10, help="passes over the training split")
-    optim.add_argument("-b", "--batch-size", type=int, default=32, help="images per optimisation step")
-    optim.add_argument("--opt", default="sgd", choices=["sgd", "adam"],
-                       help="optimiser: SGD with Nesterov momentum, or Adam")
+    optim.add_argument("--epochs", type=int, default=10,
+                       help="epochs: each one --epoch-steps steps, then validation, the learning curve and a save")
+    optim.add_argument("--epoch-steps", type=int,
+                       help="optimisation steps per epoch (default: one pass over the training photos); a large "
+                            "generated set is then seen in parts, with a learning-curve point after each")
+    optim.add_argument("-b", "--batch-size", type=int, default=32, help="whole photos per optimisation step")
+    optim.add_argument("--opt", default="sgd", choices=["sgd", "adam", "adamw"],
+                       help="optimiser: SGD with Nesterov momentum, Adam, or AdamW (decoupled weight decay)")
     optim.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
     optim.add_argument("--weight-decay", type=float, default=5e-5,
@@ -99,62 +118,78 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="bf16 autocast or fp32; 'auto' is bf16 where the device has it natively (CUDA, CPUs "
                             "with AVX512-BF16/AMX: about 1.6x faster training on this project's CPU machine)")
+    optim.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from its last finished epoch (resume.pt: weights, "
+                            "optimiser, schedule, learning curve), with the arguments it was started with")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/latest"), help="where model.pt and metrics go")
     return parser
 
 
-class MultiHeadLoss(nn.Module):
-    """Cross-entropy on each single-choice slice plus BCE-with-logits on each yes/no class, summed.
-
-    The BCE is summed over the yes/no classes (averaged over the batch only): each object is a decision as large as
-    a single-choice head. Averaged over the classes too, the 8 objects together weighed as much as one head, and
-    runs learned time, season and terrain long before any object.
-    """
-
-    def __init__(self, taxonomy: Taxonomy):
-        super().__init__()
-        self.taxonomy = taxonomy
-        self.ce, self.bce = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss(reduction="none")
-
-    def forward(self, logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = logits.new_zeros(())
-        for group in self.taxonomy.groups:
-            chunk = logits[:, group.logits].float()
-            loss = loss + (self.ce(chunk, targets[group.name]) if group.kind == SINGLE
-                           else self.bce(chunk, targets[group.name]).sum(dim=1).mean())
-        return loss
-
-
-def _batches(data: InMemoryDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
-    order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+def _batches(data: InMemoryDataset, batch_size: int):
+    """Evaluation batches in order: (uint8 images, targets)."""
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
         yield data.images[idx], {k: v[idx] for k, v in data.targets.items()}
 
 
-def train_one_epoch(model, criterion, optimizer, scheduler, data: InMemoryDataset, runtime: Runtime, epoch: int, args,
-                    generator: torch.Generator) -> float:
+class PhotoStream:
+    """Indices of whole-photo batches, from one shuffled pass over the training photos after another (the last
+    batch of a pass takes what is left): an epoch of `--epoch-steps` steps need not end where a pass does."""
+
+    def __init__(self, count: int, batch_size: int, generator: torch.Generator):
+        self.count, self.batch_size, self.generator = count, batch_size, generator
+        self.order, self.position = torch.randperm(count, generator=generator), 0
+
+    def next(self) -> torch.Tensor:
+        if self.position >= self.count:
+            self.order, self.position = torch.randperm(self.count, generator=self.generator), 0
+        idx = self.order[self.position:self.position + self.batch_size]
+        self.position += len(idx)
+        return idx
+
+
+def train_one_epoch(model, criterion, optimizer, scheduler, data: InMemoryDataset, stream: PhotoStream, steps: int,
+                    runtime: Runtime, epoch: int, args, generator: torch.Generator) -> dict:
+    """`steps` optimisation steps: each a whole-photo batch (scene heads; objects per cell where the photo has
+    boxes, else per photo) plus, for a per-cell model, --crops-per-step crops at serving scale (objects per cell).
+    Returns the mean loss, photos and crops seen, and the seconds taken."""
     model.train()
-    total, seen = 0.0, 0
-    steps = math.ceil(len(data) / args.batch_size)
-    bar = tqdm(_batches(data, args.batch_size, True, generator), total=steps, desc=f"epoch {epoch}",
-               leave=False, mininterval=2.0, file=sys.stderr, disable=None)  # no bar in logs
-    for images, targets in bar:
+    cells_model = model.config.object_head == "cells"
+    candidates = data.has_boxes.nonzero().flatten() if cells_model and data.has_boxes is not None else None
+    crops = args.crops_per_step if candidates is not None and len(candidates) else 0
+    started, total, photos, crop_count = time.time(), 0.0, 0, 0
+    bar = tqdm(range(steps), desc=f"epoch {epoch}", leave=False, mininterval=2.0, file=sys.stderr,
+               disable=None)  # no bar in logs
+    for _ in bar:
+        idx = stream.next()
+        images = data.images[idx]
+        cell_targets = data.cells[idx] if cells_model else None
         # Horizontal flips change no label (nothing in the taxonomy depends on left/right).
         flip = torch.rand(len(images), generator=generator) < 0.5
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        x = to_model_input(images, runtime)
-        targets = {k: v.to(runtime.device, non_blocking=True) for k, v in targets.items()}
+        if cell_targets is not None:
+            cell_targets = torch.where(flip.view(-1, 1, 1, 1), cell_targets.flip(-1), cell_targets)
+            cell_targets = cell_targets.to(runtime.device)
+        targets = {k: v[idx].to(runtime.device, non_blocking=True) for k, v in data.targets.items()}
         with runtime.autocast():
-            loss = criterion(model(x), targets)
+            logits, cells = model.forward_with_cells(to_model_input(images, runtime))
+            loss = criterion(logits, targets, cells, cell_targets,
+                             data.has_boxes[idx] if cells_model else None)
+            if crops:
+                crop_images, crop_targets = sample_crops(data.images, data.cells, candidates, crops, args.crop_size,
+                                                         model.config.cell_stride, args.centred_crops, generator)
+                crop_cells = model.object_cells(model.cell_features(to_model_input(crop_images, runtime)))
+                loss = loss + cell_loss(crop_cells, crop_targets.to(runtime.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(images)
-        seen += len(images)
-        bar.set_postfix(loss=f"{total / seen:.3f}")
-    return total / max(seen, 1)
+        total += loss.item()
+        photos += len(images)
+        crop_count += crops
+        bar.set_postfix(loss=f"{total / (bar.n + 1):.3f}")
+    seconds = time.time() - started
+    return {"loss": total / max(steps, 1), "photos": photos, "crops": crop_count, "seconds": seconds}
 
 
 @torch.inference_mode()
@@ -162,7 +197,7 @@ def evaluate(model, data: InMemoryDataset, runtime: Runtime, args) -> np.ndarray
     """Logits [N, num_logits] (float32, CPU numpy) of the whole split in eval mode."""
     model.eval()
     chunks = []
-    for images, _ in _batches(data, args.batch_size * 2, False):
+    for images, _ in _batches(data, max(args.batch_size * 2, 32)):
         with runtime.autocast():
             chunks.append(model(to_model_input(images, runtime)).float().cpu())
     return torch.cat(chunks).numpy()
@@ -180,20 +215,30 @@ def _selection_score(metrics: dict, taxonomy: Taxonomy) -> float:
 
 def _build(args, taxonomy: Taxonomy, weights: str = "none"):
     return build_model(taxonomy, weights=weights, arch=args.arch, dropout=args.dropout, image_size=args.image_size,
-                       resize=args.resize, object_pooling=args.object_pooling)
+                       resize=args.resize, object_pooling=args.object_pooling, object_head=args.object_head)
 
 
 def _input_settings(args) -> None:
-    """Fill in --image-size, --resize and --object-pooling: the --init-from checkpoint's where one is given (a
-    fine-tune that silently switched a 128 px letterboxed model to 256 px squash would undo what it starts from),
-    else the defaults."""
-    defaults = {"image_size": IMAGE_SIZE, "resize": "squash", "object_pooling": "avg"}
+    """Fill in --image-size, --resize, --object-head and --object-pooling: the --init-from checkpoint's where one
+    is given (a fine-tune that silently switched a 128 px letterboxed model to 256 px squash would undo what it
+    starts from), else the defaults."""
+    defaults = {"image_size": IMAGE_SIZE, "resize": "squash", "object_head": "cells"}
     if args.init_from:
         old = ModelConfig.from_dict(read_checkpoint(args.init_from)["model_config"])
         defaults = {name: getattr(old, name) for name in defaults}
+        if args.object_head in (None, old.object_head) and args.object_pooling is None:
+            args.object_pooling = old.object_pooling
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.object_head == "cells":
+        if args.object_pooling not in (None, "max"):
+            raise SystemExit("--object-pooling is for --object-head pooled; a cells head takes the max over cells")
+        args.object_pooling = "max"
+    elif args.object_pooling is None:
+        args.object_pooling = "avg"
+    if args.crop_size % 16 or args.crop_size > args.image_size:
+        raise SystemExit(f"--crop-size {args.crop_size} must be a multiple of 16 and at most --image-size")
 
 
 def _mix_in(pool: InMemoryDataset, args, taxonomy: Taxonomy) -> InMemoryDataset:
@@ -206,26 +251,40 @@ def _mix_in(pool: InMemoryDataset, args, taxonomy: Taxonomy) -> InMemoryDataset:
         return pool
     record = args.output_dir / "mixed_in.csv"
     write_labels_csv(record, [(row.filename, row.labels) for row in sample], taxonomy)
+    # The record sits in the output folder, away from the mix data's box sidecar: the boxes come from the original.
     mixed = load_labeled_folder(record, args.mix_images or args.mix_data.parent / "images", taxonomy,
-                                args.image_size, args.workers, resize=args.resize)
+                                args.image_size, args.workers, resize=args.resize, cell_stride=_cell_stride(args),
+                                boxes_from=args.mix_data)
     log.info("mixed in %d of the %d photos of %s (--mix-ratio %g)", len(mixed), len(rows), args.mix_data,
              args.mix_ratio)
-    return InMemoryDataset(torch.cat([pool.images, mixed.images]),
-                           {k: torch.cat([v, mixed.targets[k]]) for k, v in pool.targets.items()},
-                           pool.filenames + [f"{args.mix_data.parent.name}/{f}" for f in mixed.filenames],
-                           {**pool.skipped, **{f"{args.mix_data}: {k}": v for k, v in mixed.skipped.items()}})
+    mixed.filenames = [f"{args.mix_data.parent.name}/{f}" for f in mixed.filenames]
+    mixed.skipped = {f"{args.mix_data}: {k}": v for k, v in mixed.skipped.items()}
+    return InMemoryDataset.concat([pool, mixed])
+
+
+def _cell_stride(args) -> int | None:
+    """The per-cell targets' stride for a cells model, None for a pooled one (it trains from photo labels)."""
+    return 16 if args.object_head == "cells" else None
 
 
 def _load_initial_weights(model, path: Path) -> None:
     """--init-from: every weight of an earlier checkpoint with the same backbone and heads. The object pooling may
-    differ (GeM's exponent then starts fresh); input size and resize are the checkpoint's unless given."""
+    differ (GeM's exponent then starts fresh); so may the object head's kind, and then the object heads start
+    fresh on the checkpoint's backbone. Input size and resize are the checkpoint's unless given."""
     payload = read_checkpoint(path)
     old = ModelConfig.from_dict(payload["model_config"])
     if old.arch != model.config.arch or old.head_sizes != model.config.head_sizes:
         raise SystemExit(f"--init-from {path}: its model is {old.arch} with heads {old.head_sizes}, this run trains "
                          f"{model.config.arch} with heads {model.config.head_sizes}")
-    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-    stray = [k for k in missing + unexpected if not k.startswith("object_pool.")]
+    state = payload["model"]
+    fresh = ()
+    if old.object_head != model.config.object_head:
+        fresh = tuple(f"heads.{name}." for name in model.config.object_heads)
+        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+        log.info("--init-from %s has %s object heads, this run trains %s ones: they start fresh", path,
+                 old.object_head, model.config.object_head)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    stray = [k for k in missing + unexpected if not k.startswith(("object_pool.",) + fresh)]
     if stray:
         raise SystemExit(f"--init-from {path}: weights do not fit this model: {stray[:5]}")
     log.info("initial weights from %s (epoch %s, %s, %d px, object pooling %s)", path, payload.get("epoch"),
@@ -241,12 +300,14 @@ def _optimizer(model, args) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.opt == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    if args.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=args.lr)
     return torch.optim.Adam(groups, lr=args.lr)
 
 
 def _curve_point(metrics: dict, taxonomy: Taxonomy) -> dict:
     """The learning curve's held-out figures of one epoch: mean object F1, each object's F1, each head's macro-F1."""
-    point = {"mean_object_f1": metrics["mean_object_f1"]}
+    point = {"mean_object_f1": metrics["mean_object_f1"], "mean_object_ap": metrics["mean_object_ap"]}
     point.update({g.name: metrics[g.name]["macro_f1"] for g in taxonomy.single_groups})
     for group in taxonomy.groups:
         if group.kind != SINGLE:
@@ -290,8 +351,9 @@ def main(args) -> dict:
     log.info("running on %s, %d torch threads", runtime.describe(), torch.get_num_threads())
 
     started = time.time()
+    stride = _cell_stride(args)
     pool = load_labeled_folder(args.data, args.images, taxonomy, args.image_size, args.workers, args.limit,
-                               resize=args.resize)
+                               resize=args.resize, cell_stride=stride)
     if args.mix_data:
         pool = _mix_in(pool, args, taxonomy)
     train_data, val_data = _split(pool, args.val_fraction, args.seed)
@@ -309,12 +371,13 @@ def main(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     criterion = MultiHeadLoss(taxonomy)
     optimizer = _optimizer(model, args)
-    steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
+    steps_per_epoch = args.epoch_steps or math.ceil(len(train_data) / args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=args.warmup,
                                                     cycle_momentum=args.opt == "sgd",
                                                     base_momentum=0.85 * args.momentum, max_momentum=args.momentum)
     generator = torch.Generator().manual_seed(args.seed)
+    stream = PhotoStream(len(train_data), args.batch_size, generator)
 
     test_data = test_targets = None
     if args.test_data:  # held out, never used for a choice: scored after every epoch for the learning curve
@@ -324,42 +387,55 @@ def main(args) -> dict:
 
     history, best = [], None
     summary = {"val_baseline": baseline, "train_images": len(train_data), "val_images": len(val_data),
-               "skipped": pool.skipped, "runtime": runtime.describe()}
-    train_started = time.time()
-    for epoch in range(1, args.epochs + 1):
+               "skipped": pool.skipped, "runtime": runtime.describe(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    first_epoch, seen, train_seconds = 1, {"photos": 0, "crops": 0}, 0.0
+    if args.resume:
+        state = _resume(args, model, optimizer, scheduler, generator, stream)
+        first_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        seen, train_seconds = state["seen"], state["train_seconds"]
+        summary.update(state["summary"])
+    for epoch in range(first_epoch, args.epochs + 1):
         epoch_start = time.time()
-        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_data, runtime, epoch, args,
-                                     generator)
+        done = train_one_epoch(model, criterion, optimizer, scheduler, train_data, stream, steps_per_epoch, runtime,
+                               epoch, args, generator)
+        seen = {"photos": seen["photos"] + done["photos"], "crops": seen["crops"] + done["crops"]}
+        train_seconds += done["seconds"]
         val_logits = evaluate(model, val_data, runtime, args)
         metrics = evaluate_logits(val_logits, val_targets, taxonomy)
         score = _selection_score(metrics, taxonomy)
         thresholds = tune_thresholds(val_logits, val_targets, taxonomy)
         trained_taxonomy = taxonomy.with_thresholds(thresholds)
-        record = {"epoch": epoch, "train_loss": train_loss, "val": metrics, "score": score,
-                  "seconds": round(time.time() - epoch_start, 1), "images_seen": epoch * len(train_data),
-                  "train_minutes": round((time.time() - train_started) / 60, 2)}
+        record = {"epoch": epoch, "train_loss": done["loss"], "val": metrics, "score": score,
+                  "seconds": round(time.time() - epoch_start, 1), "steps": epoch * steps_per_epoch,
+                  "images_seen": seen["photos"], "crops_seen": seen["crops"],
+                  "samples_per_s": round((done["photos"] + done["crops"]) / max(done["seconds"], 1e-9), 1),
+                  "train_minutes": round(train_seconds / 60, 2)}
         if test_data is not None:
             test_metrics = evaluate_logits(evaluate(model, test_data, runtime, args), test_targets, trained_taxonomy)
             record["test"] = _curve_point(test_metrics, taxonomy)
         history.append(record)
-        log.info("epoch %d/%d  loss %.4f  val score %.4f  (%.0f s)%s\n%s", epoch, args.epochs, train_loss, score,
+        log.info("epoch %d/%d  loss %.4f  val score %.4f  %d photos + %d crops seen, %.1f samples/s  (%.0f s)%s\n%s",
+                 epoch, args.epochs, done["loss"], score, seen["photos"], seen["crops"], record["samples_per_s"],
                  time.time() - epoch_start,
-                 f"  held-out mean object F1 {record['test']['mean_object_f1']:.3f}" if "test" in record else "",
-                 format_metrics(metrics, taxonomy))
+                 _held_out_line(record), format_metrics(metrics, taxonomy))
         if best is None or score > best["score"]:
             # Saved at once, so an interrupted long run still leaves its best model behind, ready to archive.
-            best = {"epoch": epoch, "score": score, "taxonomy": trained_taxonomy,
+            best = {"epoch": epoch, "score": score, "taxonomy": trained_taxonomy.to_dict(),
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             summary.update(best_epoch=epoch, thresholds=thresholds,
                            val=evaluate_logits(val_logits, val_targets, trained_taxonomy))
             _save_run(args, model, trained_taxonomy, summary)
         summary.update(history=history, epochs_done=epoch, train_seconds=round(time.time() - started, 1))
         write_json(args.output_dir / "metrics.json", summary)
+        _save_resume_point(args, model, optimizer, scheduler, generator, stream, epoch, history, best, seen,
+                           train_seconds, summary)
 
     model.load_state_dict(best["state"])
+    best_taxonomy = Taxonomy.from_dict(best["taxonomy"])
     log.info("best epoch %d, val with tuned thresholds:\n%s", best["epoch"], format_metrics(summary["val"], taxonomy))
     if test_data is not None:
-        summary["test"] = evaluate_logits(evaluate(model, test_data, runtime, args), test_targets, best["taxonomy"])
+        summary["test"] = evaluate_logits(evaluate(model, test_data, runtime, args), test_targets, best_taxonomy)
         summary["test_baseline"] = majority_baseline(_numpy_targets(train_data), test_targets, taxonomy)
         summary["test_images"] = len(test_data)
         log.info("held-out test (%d images):\n%s\nmajority baseline on test:\n%s", len(test_data),
@@ -368,6 +444,58 @@ def main(args) -> dict:
     log.info("saved %s (model.pt, taxonomy.json, metrics.json)", args.output_dir)
     write_training_curves(summary["history"], args.output_dir)
     return summary
+
+
+def _held_out_line(record: dict) -> str:
+    test = record.get("test")
+    return f"  held-out mean object F1 {test['mean_object_f1']:.3f}, AP {test['mean_object_ap']:.3f}" if test else ""
+
+
+RESUME_NAME = "resume.pt"
+
+
+def _save_resume_point(args, model, optimizer, scheduler, generator, stream, epoch, history, best, seen,
+                       train_seconds, summary) -> None:
+    """OUTPUT_DIR/resume.pt after every epoch: what --resume needs to go on as if never stopped (plain data and
+    tensors only, read back with weights_only=True)."""
+    payload = {"epoch": epoch, "args": _jsonable_args(args), "model": model.state_dict(),
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "generator": generator.get_state(), "stream": [stream.order, stream.position],
+               "history": history, "best": best, "seen": seen, "train_seconds": train_seconds,
+               "summary": {k: summary[k] for k in ("best_epoch", "thresholds", "val") if k in summary}}
+    tmp = args.output_dir / (RESUME_NAME + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(args.output_dir / RESUME_NAME)
+
+
+def _resume(args, model, optimizer, scheduler, generator, stream) -> dict:
+    path = args.output_dir / RESUME_NAME
+    if not path.is_file():
+        raise SystemExit(f"--resume: {path} does not exist (no epoch of this run has finished)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    stream.order, stream.position = state["stream"]
+    log.info("resuming %s after epoch %d (%d photos + %d crops seen)", args.output_dir, state["epoch"],
+             state["seen"]["photos"], state["seen"]["crops"])
+    return state
+
+
+def _resumed_args(args) -> argparse.Namespace:
+    """--resume: the arguments the run was started with (its resume.pt), so that the schedule and data match."""
+    path = args.output_dir / RESUME_NAME
+    if not path.is_file():
+        raise SystemExit(f"--resume: {path} does not exist (no epoch of this run has finished)")
+    saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
+    defaults = vars(get_args_parser().parse_args([]))
+    restored = {k: Path(v) if k in _PATH_ARGS and v is not None else v for k, v in saved.items()}
+    return argparse.Namespace(**{**defaults, **restored, "resume": True})
+
+
+_PATH_ARGS = ("data", "images", "test_data", "test_images", "taxonomy", "init_from", "mix_data", "mix_images",
+              "output_dir")
 
 
 def _save_run(args, model, taxonomy: Taxonomy, summary: dict) -> None:
@@ -384,6 +512,7 @@ def _save_run(args, model, taxonomy: Taxonomy, summary: dict) -> None:
 if __name__ == "__main__":
     parser = get_args_parser()
     try:
-        main(parser.parse_args())
-    except (LabelCsvError, TaxonomyError, PretrainedWeightsUnavailable) as exc:
+        parsed = parser.parse_args()
+        main(_resumed_args(parsed) if parsed.resume else parsed)
+    except (LabelCsvError, TaxonomyError, PretrainedWeightsUnavailable, BoxFileError) as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -17,9 +17,9 @@ The modules follow the pipeline: `labels` (what a scene shows) -> `shapes` (the 
 
     python -m training.synth --out data/synth --count 2000 --seed 0
 """
-from training.synth.dataset import BOXES_NAME, CSV_NAME, IMAGE_DIR, generate_dataset, read_object_boxes, summarize
+from training.synth.dataset import BOXES_NAME, CSV_NAME, IMAGE_DIR, generate_dataset, summarize
 from training.synth.labels import generate_labels
 from training.synth.render import render_jpegs, render_scene, render_scene_with_boxes
 
-__all__ = ["BOXES_NAME", "CSV_NAME", "IMAGE_DIR", "generate_dataset", "generate_labels", "read_object_boxes",
-           "render_jpegs", "render_scene", "render_scene_with_boxes", "summarize"]
+__all__ = ["BOXES_NAME", "CSV_NAME", "IMAGE_DIR", "generate_dataset", "generate_labels", "render_jpegs",
+           "render_scene", "render_scene_with_boxes", "summarize"]

@@ -18,8 +18,7 @@ from training.synth.render import render_scene_with_boxes
 
 FILENAME_PATTERN = "scene_{index:06d}"
 CSV_NAME = "labels.csv"
-# Where each drawn object is, beside the labels (the CSV reader never opens it): for the evaluation's breakdown by
-# object size.
+# Where each drawn object is, beside the labels (the CSV reader never opens it; training.boxes reads it).
 BOXES_NAME = "object_boxes.jsonl"
 IMAGE_DIR = "images"
 JPEG_QUALITY = (60, 95)
@@ -100,17 +99,6 @@ def _write_boxes(path: Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for filename, width, height, objects in rows:
             out.write(json.dumps({"filename": filename, "width": width, "height": height, "objects": objects}) + "\n")
-
-
-def read_object_boxes(csv_path: str | Path) -> dict[str, list[dict]]:
-    """The sidecar next to a labels CSV, as {filename: [{"object", "box", "size"}, ...]}; {} where there is none
-    (real photos have no boxes)."""
-    path = Path(csv_path).parent / BOXES_NAME
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as lines:
-        rows = [json.loads(line) for line in lines if line.strip()]
-    return {row["filename"]: row["objects"] for row in rows}
 
 
 def summarize(csv_path: Path, taxonomy: Taxonomy) -> str:

@@ -1,0 +1,100 @@
+"""The object recipe: crops at serving scale with per-cell targets, and the losses of a training step.
+
+A photo decoded at the serving size (256 px) shows a drone as 5-15 px. Shrinking whole frames left the objects
+a few pixels and told the network nothing about where to look; every such run stayed at chance (docs/model.md).
+So the object heads also train on **crops cut from photos already at serving scale**, with a target per cell from
+the boxes (`training.boxes.cell_targets`): a 64 px crop costs a sixteenth of a whole photo's forward pass and,
+centred on an object most of the time, carries far more positive cells per CPU second.
+
+Crops are cut on the cell grid (offsets are multiples of the stride), so each cell sees the same pixels with the
+same alignment as at serving, and the crop's targets are a slice of the photo's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import sigmoid_focal_loss
+
+from phototag.taxonomy import SINGLE, Taxonomy
+from training.boxes import IGNORED, POSITIVE
+
+# RetinaNet's focal-loss settings (Lin et al. 2017), which the objects issue's trial used.
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
+
+
+def sample_crops(images: torch.Tensor, cells: torch.Tensor, candidates: torch.Tensor, count: int, crop_size: int,
+                 stride: int, centred: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` crops of crop_size px from photos drawn out of `candidates` (indices of photos with boxes).
+
+    images uint8 [N, 3, S, S]; cells int8 [N, K, S/stride, S/stride]. Returns uint8 [count, 3, C, C] and int8
+    [count, K, C/stride, C/stride]. A share `centred` of the crops (of photos that show anything) hold a random
+    positive cell at a random place of the crop; the rest are cut anywhere. Half are mirrored left-right.
+    """
+    grid, span = cells.shape[-1], crop_size // stride
+    last = grid - span
+    picks = candidates[torch.randint(len(candidates), (count,), generator=generator)]
+    draws = torch.rand(count, 2, generator=generator)
+    out_images = torch.empty((count, 3, crop_size, crop_size), dtype=images.dtype)
+    out_cells = torch.empty((count, cells.shape[1], span, span), dtype=cells.dtype)
+    for n, index in enumerate(picks.tolist()):
+        row = int(torch.randint(last + 1, (1,), generator=generator))
+        col = int(torch.randint(last + 1, (1,), generator=generator))
+        if draws[n, 0] < centred:
+            positive = (cells[index] == POSITIVE).any(dim=0).nonzero()
+            if len(positive):
+                r, c = positive[int(torch.randint(len(positive), (1,), generator=generator))].tolist()
+                row = min(max(r - int(torch.randint(span, (1,), generator=generator)), 0), last)
+                col = min(max(c - int(torch.randint(span, (1,), generator=generator)), 0), last)
+        crop = images[index, :, row * stride:(row + span) * stride, col * stride:(col + span) * stride]
+        target = cells[index, :, row:row + span, col:col + span]
+        if draws[n, 1] < 0.5:  # nothing in the taxonomy depends on left and right
+            crop, target = crop.flip(-1), target.flip(-1)
+        out_images[n], out_cells[n] = crop, target
+    return out_images, out_cells
+
+
+def cell_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sigmoid focal loss over the cells that are not ignored, divided by the positive cells (at least one).
+
+    logits float [M, K, h, w]; targets int8 [M, K, h, w] of POSITIVE / NEGATIVE / IGNORED. Dividing by the
+    positives, not by all cells, keeps a batch's loss on one scale however many empty cells it has."""
+    keep = targets != IGNORED
+    positive = (targets == POSITIVE).float()
+    loss = sigmoid_focal_loss(logits.float(), positive, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA, reduction="none")
+    return (loss * keep).sum() / positive.sum().clamp(min=1.0)
+
+
+class MultiHeadLoss(nn.Module):
+    """The loss of a whole-photo batch: cross-entropy on each single-choice slice, and for the yes/no objects
+    either the per-cell focal loss (photos with boxes, per-cell model) or BCE-with-logits on the photo's logit
+    (photos without boxes, or a pooled-head model).
+
+    The photo-level BCE is summed over the yes/no classes (averaged over the batch only): each object is a decision
+    as large as a single-choice head. Averaged over the classes too, the 8 objects together weighed as much as one
+    head, and runs learned time, season and terrain long before any object.
+    """
+
+    def __init__(self, taxonomy: Taxonomy):
+        super().__init__()
+        self.taxonomy = taxonomy
+        self.ce, self.bce = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss(reduction="none")
+
+    def forward(self, logits: torch.Tensor, targets: dict[str, torch.Tensor], cells: torch.Tensor | None = None,
+                cell_targets: torch.Tensor | None = None, has_boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [N, num_logits]; targets per group ([N] class index or [N, K] 0/1); cells [N, K_all, h, w] and
+        cell_targets int8 of the same shape for a per-cell model; has_boxes bool [N]."""
+        loss = logits.new_zeros((), dtype=torch.float32)
+        boxed = has_boxes if cells is not None and has_boxes is not None else torch.zeros(len(logits), dtype=torch.bool)
+        start = 0
+        for group in self.taxonomy.groups:
+            chunk = logits[:, group.logits].float()
+            if group.kind == SINGLE:
+                loss = loss + self.ce(chunk, targets[group.name])
+                continue
+            size = group.size
+            photo_loss = self.bce(chunk, targets[group.name]).sum(dim=1)
+            loss = loss + (photo_loss * ~boxed.to(photo_loss.device)).sum() / len(logits)
+            if boxed.any():
+                loss = loss + cell_loss(cells[boxed][:, start:start + size], cell_targets[boxed][:, start:start + size])
+            start += size
+        return loss
