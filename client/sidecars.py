@@ -60,11 +60,13 @@ class SidecarReport:
     written: int = 0
     current: int = 0  # unchanged since the run that wrote them
     kept_reviewed: int = 0  # a volunteer's tags were in them, and this run had only the model's
+    photo_gone: int = 0  # tagged once, no longer in the folder: no sidecar without its photo
     problems: dict[str, str] = field(default_factory=dict)  # sidecar path -> why it was left as it was
 
     def __str__(self) -> str:
         line = (f"sidecars:     {self.written} written, {self.current} up to date, {self.kept_reviewed} kept "
-                f"(reviewed by a volunteer), {len(self.problems)} left as they were")
+                f"(reviewed by a volunteer), {len(self.problems)} left as they were"
+                + (f", {self.photo_gone} photos no longer there" if self.photo_gone else ""))
         shown = sorted(self.problems.items())[:SHOWN_PROBLEMS]
         lines = [line] + [f"  left as it was: {path}: {why}" for path, why in shown]
         if len(self.problems) > SHOWN_PROBLEMS:
@@ -94,6 +96,9 @@ def write_sidecars(root: Path, records: dict[str, dict], corrections: dict[str, 
     known = {row[0]: row[1:] for row in state.execute("SELECT file, path, digest, mtime_ns, size FROM sidecars")}
     for file in tqdm(files, unit="sidecar", desc="sidecars", disable=not progress, dynamic_ncols=True):
         path = paths[file]
+        if not (root / file).is_file():
+            report.photo_gone += 1
+            continue
         with suppress(OSError):  # what a run killed mid-write left beside the sidecar; the write reports the rest
             temporary_path(path).unlink()
         if len(sharing[path]) > 1:  # photo.xmp naming: IMG_1.jpg and IMG_1.png would overwrite each other
@@ -113,7 +118,9 @@ def write_sidecars(root: Path, records: dict[str, dict], corrections: dict[str, 
                 continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            outcome = write_sidecar(path, tags)
+            # Under --xmp-dir, a sidecar beside the photo is carried over, so the mirror can be copied back later.
+            beside = sidecar_path(root, file, SidecarOptions(naming=options.naming)) if options.xmp_dir else None
+            outcome = write_sidecar(path, tags, start_from=beside)
             stat = path.stat()
         except SidecarError as exc:
             report.problems[str(path)] = str(exc)

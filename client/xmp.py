@@ -360,15 +360,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_sidecar(path: Path, tags: SidecarTags) -> str:
+def write_sidecar(path: Path, tags: SidecarTags, start_from: Path | None = None) -> str:
     """Create or merge one sidecar: WRITTEN, or KEPT_REVIEWED when a volunteer's tags in it were left alone.
-    SidecarError (the file is left as it was) or OSError (it could not be written)."""
+    A new sidecar starts as a merge into `start_from` where that exists (the photo's own sidecar, when this one
+    goes to another folder). SidecarError (nothing is changed) or OSError (it could not be written)."""
+    existing = base = None
     try:
-        existing = path.read_bytes()
+        existing = base = path.read_bytes()
     except FileNotFoundError:
-        existing = None
-    data = merge(existing, tags)
+        if start_from is not None and start_from.is_file():
+            base = start_from.read_bytes()
+    data = merge(base, tags)
     if data is None:
+        if existing is None:
+            write_atomic(path, base)  # the reviewed sidecar, carried over as it is
         return KEPT_REVIEWED
     if existing is not None and not os.access(path, os.W_OK):
         raise SidecarError("the file is read-only")  # someone protected it; their choice outranks ours

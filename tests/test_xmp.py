@@ -300,6 +300,14 @@ def test_a_folder_with_cyrillic_names_and_spaces_and_a_rerun(photos, tmp_path):
     assert keywords(edited)["TagsList"] == ["Places/Мост", "AI tags/time_of_day/twilight", "AI tags/season/autumn",
                                             "AI tags/terrain/city"]
 
+    # A photo deleted since it was tagged, with its sidecar: no sidecar comes back without its photo.
+    (photos / DAY).unlink()
+    sidecar_path(photos, DAY, SidecarOptions()).unlink()
+    again = publish(photos, out, taxonomy=TAXONOMY, sidecars=SidecarOptions())
+    assert (again.sidecars.photo_gone, again.sidecars.current) == (1, 2)
+    assert not sidecar_path(photos, DAY, SidecarOptions()).exists()
+    assert "1 photos no longer there" in str(again.sidecars)
+
 
 def test_photo_xmp_naming_and_a_name_two_photos_would_share(photos, tmp_path):
     (photos / "card" / "IMG_0003.png").write_bytes(PLAIN.encode())  # the same photo as a PNG: both want IMG_0003.xmp
@@ -357,15 +365,23 @@ def test_corrections_win_and_a_later_model_leaves_them(photos, tmp_path):
     assert merge(kept, sidecar_tags(newer[NIGHT], TAXONOMY)) is None
 
 
-def test_xmp_dir_mirrors_the_tree(photos, tmp_path):
+def test_xmp_dir_mirrors_the_tree_and_carries_the_photos_own_sidecars_over(photos, tmp_path):
     out, mirror = tmp_path / "out", photos / "sidecars"  # inside the photo folder: it must not be walked
+    own = sidecar_path(photos, NIGHT, SidecarOptions())
+    own.write_text(OTHER_TOOL, encoding="utf-8")
+    before = everything(own)
     tag(photos, out)
     options = SidecarOptions(lang="ru", xmp_dir=mirror)
     assert publish(photos, out, taxonomy=TAXONOMY, sidecars=options).sidecars.written == 3
     assert sorted(p.relative_to(mirror).as_posix() for p in mirror.rglob("*.xmp")) == sorted(
         n + ".xmp" for n in ANSWERS)
-    assert keywords(mirror / (NIGHT + ".xmp"))["Subject"] == ["ночь", "зима", "лес", "Кинолог"]
-    assert not list(photos.glob("*/*.jpg.xmp"))
+    assert keywords(mirror / (DAY + ".xmp"))["Subject"] == ["день", "лето", "лес", "Автомобили", "БПЛА"]
+    # The photo's own sidecar is read, not written; its copy in the mirror has all of it and the tags.
+    assert own.read_text(encoding="utf-8") == OTHER_TOOL
+    carried = everything(mirror / (NIGHT + ".xmp"))
+    assert all(carried[k] == v for k, v in before.items() if k.split(":")[1] not in KEYWORDS)
+    assert keywords(mirror / (NIGHT + ".xmp"))["Subject"] == TEAM["Subject"] + ["ночь", "зима", "лес", "Кинолог"]
+    assert sorted(p.name for p in photos.rglob("*.xmp") if mirror not in p.parents) == [own.name]
 
 
 # ---- a read-only photo folder, through the command line --------------------------------------------------------------
