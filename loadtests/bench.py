@@ -47,7 +47,7 @@ from loadtests.faults import Outcome, steady_load
 from phototag.checkpoint import read_checkpoint
 from phototag.int8 import PACKAGE_FILE, incompatibility, read_report
 from phototag.model import ModelConfig
-from serving.torchserve_process import TorchServe, free_port
+from serving.torchserve_process import TorchServe
 from training.report import write_json
 from training.synth.render import render_jpegs
 
@@ -390,7 +390,7 @@ def run_bench(args: argparse.Namespace, plan: BenchPlan) -> dict:
             setups.append((f"variant{index}", path, variants, variant))
         if args.original:
             print("original: the write-up's FastAPI server (loadtests/fastapi_baseline.py)", flush=True)
-            baseline = FastApiBaseline(tmp / "original", plan.run, free_port())
+            baseline = FastApiBaseline(tmp / "original", plan.run)
             served["original"] = run_served("orig", None, tmp / "original", photos, args.concurrency, args.seconds,
                                             args.warmup, server=baseline)
         for label, config, results, key in setups:

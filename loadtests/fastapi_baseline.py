@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse
 
 from phototag.checkpoint import load_model
 from phototag.taxonomy import logits_to_tags
+from serving.ports import PortInUse, port_in_use, start_on_free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,9 +70,10 @@ def create_app(checkpoint: Path):
 
 class FastApiBaseline:
     """The baseline server in a child process (uvicorn, one process), shaped like serving.torchserve_process's
-    TorchServe for the benchmark: `start`, `stop`, `process`, `inference_url`, `key_file`."""
+    TorchServe for the benchmark: `start`, `stop`, `process`, `inference_url`, `key_file`. On a free port from
+    serving.ports unless `port` is given (tried first); on another if that one is taken by the time uvicorn binds."""
 
-    def __init__(self, workdir: Path, run: Path, port: int):
+    def __init__(self, workdir: Path, run: Path, port: int | None = None):
         self.workdir, self.run, self.port = workdir, run, port
         self.process: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -87,15 +89,28 @@ class FastApiBaseline:
         return self.workdir / "key_file.json"
 
     def start(self, timeout: float = 120) -> FastApiBaseline:
+        def start_on(ports: dict[str, int]) -> FastApiBaseline:
+            self.port = ports["http"]
+            return self._start_once(timeout)
+
+        return start_on_free_ports(start_on, ["http"], f"FastAPI baseline in {self.workdir}",
+                                   first={"http": self.port} if self.port else None)
+
+    def _start_once(self, timeout: float) -> FastApiBaseline:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.fastapi_baseline", "--run", str(self.run), "--port", str(self.port)],
-            cwd=REPO, env=env, stdout=open(self.workdir / "server.out", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+        out = self.workdir / "server.out"
+        with open(out, "wb") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "loadtests.fastapi_baseline", "--run", str(self.run), "--port", str(self.port)],
+                cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the FastAPI baseline exited: {(self.workdir / 'server.out').read_text()[-2000:]}")
+                text = out.read_text(errors="replace")
+                clash = port_in_use(text)
+                if clash:
+                    raise PortInUse(clash, {"http": self.port})
+                raise RuntimeError(f"the FastAPI baseline exited: {text[-2000:]}")
             try:
                 if requests.get(f"{self.inference_url}/ping", timeout=2).ok:
                     return self
@@ -119,7 +134,7 @@ class FastApiBaseline:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="training run (or random-init run) with model.pt")
-    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--port", type=int, default=8090, help="loopback port to serve on")
     args = parser.parse_args(argv)
     import uvicorn
 

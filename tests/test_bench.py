@@ -53,9 +53,8 @@ def test_fastapi_baseline_answers_a_photo(tiny_run, tmp_path):
 
     from loadtests.fastapi_baseline import FastApiBaseline
     from loadtests.faults import send
-    from serving.torchserve_process import free_port
 
-    server = FastApiBaseline(tmp_path, tiny_run, free_port()).start()
+    server = FastApiBaseline(tmp_path, tiny_run).start()
     try:
         [photo] = render_jpegs(300, 200, 1, seed=4)
         outcome = send(server.inference_url, server.key_file, photo)

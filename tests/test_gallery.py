@@ -23,6 +23,7 @@ from client.gallery import DATA_ELEMENT_ID, implied_thresholds, write_gallery
 from phototag.decoding import ImageDecodeError, decode_image
 from phototag.labels_csv import read_labels_csv
 from phototag.taxonomy import SINGLE, Taxonomy, logits_to_tags
+from serving.ports import PortInUse, port_in_use, start_on_free_ports
 from serving.torchserve_process import REPO
 
 TAXONOMY = Taxonomy.load()
@@ -50,6 +51,7 @@ def start_chromium(profile: Path, downloads: Path):
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -59,7 +61,19 @@ def start_chromium(profile: Path, downloads: Path):
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+    def start_on(ports: dict[str, int]):
+        # chromedriver on a port from serving.ports (selenium's own pick closes its probe socket before the bind)
+        log = profile.parent / f"chromedriver-{ports['chromedriver']}.log"
+        try:
+            return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER, port=ports["chromedriver"],
+                                                                     log_output=str(log)))
+        except WebDriverException:
+            if clash := port_in_use(log.read_text(errors="replace") if log.exists() else ""):
+                raise PortInUse(clash, ports) from None
+            raise
+
+    driver = start_on_free_ports(start_on, ["chromedriver"], "chromedriver")
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     return driver
 

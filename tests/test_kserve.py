@@ -31,8 +31,9 @@ import yaml
 
 from client.auth import bearer, read_key
 from serving.kserve_bundle import KSERVE_MODEL_STORE, parse_properties
+from serving.ports import PortInUse, free_ports, port_in_use, start_on_free_ports
 from serving.protos import GENERATED_DIR, generate
-from serving.torchserve_process import REPO, TORCHSERVE, TorchServe, derive_config, free_port
+from serving.torchserve_process import REPO, TORCHSERVE, TorchServe, derive_config
 from tests.conftest import PYTHON, run
 
 DEPLOY = REPO / "deploy" / "kserve"
@@ -359,21 +360,39 @@ def stop_process_group(process: subprocess.Popen) -> None:
 
 
 def start_bundle_server(bundle: Path, workdir: Path) -> BundleServer:
-    port = free_port()
-    overrides = {"inference_address": f"http://127.0.0.1:{port}", "management_address": f"http://127.0.0.1:{port}",
-                 "metrics_address": f"http://127.0.0.1:{free_port()}", "grpc_inference_port": str(free_port()),
-                 "grpc_management_port": str(free_port()), "initial_worker_port": str(free_port()),
-                 "model_store": str(bundle / "model-store")}
-    (workdir / "tmp").mkdir(parents=True)
-    (workdir / "config.properties").write_text(
-        derive_config(overrides, source=bundle / "config" / "config.properties"))
-    # As KServe's runtime does: this must be ignored (enable_envvars_config=false).
-    env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
-           "METRICS_LOCATION": str(workdir / "logs"), "PYTHONPATH": "", "TS_SERVICE_ENVELOPE": "kservev2"}
-    process = subprocess.Popen([str(TORCHSERVE), "--start", "--foreground", "--ts-config", "config.properties"],
-                               cwd=workdir, env=env, stdout=open(workdir / "torchserve.out", "wb"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    return BundleServer(workdir, process, f"http://127.0.0.1:{port}")
+    """TorchServe with the bundle's config on local ports, once its model is READY; on new ports if one was taken
+    by the time it binds. No deadline of our own (a busy machine is slow, not broken): a server that dies ends the
+    wait at once, one that hangs is stopped by pytest's timeout (pyproject.toml)."""
+    def start_on(ports: dict[str, int]) -> BundleServer:
+        url = f"http://127.0.0.1:{ports['http']}"
+        overrides = {"inference_address": url, "management_address": url,
+                     "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+                     "grpc_inference_port": str(ports["grpc"]), "grpc_management_port": str(ports["grpc_mgmt"]),
+                     "initial_worker_port": str(ports["worker"]), "model_store": str(bundle / "model-store")}
+        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        (workdir / "config.properties").write_text(
+            derive_config(overrides, source=bundle / "config" / "config.properties"))
+        # As KServe's runtime does: this must be ignored (enable_envvars_config=false).
+        env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
+               "METRICS_LOCATION": str(workdir / "logs"), "PYTHONPATH": "", "TS_SERVICE_ENVELOPE": "kservev2"}
+        out = workdir / "torchserve.out"
+        with open(out, "wb") as sink:
+            process = subprocess.Popen(
+                [str(TORCHSERVE), "--start", "--foreground", "--ts-config", "config.properties"], cwd=workdir,
+                env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        server = BundleServer(workdir, process, url)
+        while not server.ready():
+            if process.poll() is not None:
+                stop_process_group(process)  # workers it had started
+                text = out.read_text(errors="replace")
+                if clash := port_in_use(text):
+                    raise PortInUse(clash, ports)
+                raise AssertionError(text[-3000:])
+            time.sleep(1)
+        return server
+
+    return start_on_free_ports(start_on, ("http", "metrics", "grpc", "grpc_mgmt", "worker"),
+                               f"the KServe bundle's TorchServe in {workdir}")
 
 
 @pytest.fixture(scope="module")
@@ -382,21 +401,17 @@ def servers(model_store, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("kserve_bundle")
     run([PYTHON, "-m", "serving.kserve_bundle", "--mar", str(model_store / "tagger.mar"), "--out", str(bundle),
          "--model-config", str(GPU_MODEL_CONFIG)])  # what `make kserve-bundle` bundles; on the CPU here
-    kserve = start_bundle_server(bundle, tmp_path_factory.mktemp("kserve_torchserve"))
     oip = TorchServe(tmp_path_factory.mktemp("oip_torchserve"), model_store,
                      extra_config={"ts_open_inference_protocol": "true"})
-    try:
-        oip.start()
-        # No deadline of our own (a busy machine is slow, not broken): a server that dies ends the wait at once,
-        # one that hangs is stopped by pytest's timeout (pyproject.toml).
-        while not kserve.ready():
-            assert kserve.process.poll() is None, (
-                kserve.workdir / "torchserve.out").read_text(errors="replace")[-3000:]
-            time.sleep(1)
-        yield oip, kserve
-    finally:
-        oip.stop()
-        kserve.stop()
+    with ThreadPoolExecutor(1) as pool:
+        kserve = pool.submit(start_bundle_server, bundle, tmp_path_factory.mktemp("kserve_torchserve"))
+        try:
+            oip.start()
+            yield oip, kserve.result()
+        finally:
+            oip.stop()
+            if kserve.exception() is None:  # waits for its start: a server still starting is stopped too
+                kserve.result().stop()
 
 
 @pytest.fixture(scope="module")
@@ -573,24 +588,30 @@ def start_wrapper(config: Path, workdir: Path, **env: str) -> Wrapper:
     if not KSERVE_PYTHON.exists():
         pytest.fail(f"{KSERVE_PYTHON} is missing: `make setup` creates it from requirements-kserve.txt")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    environment = {**os.environ, "PYTHONPATH": "", "CONFIG_PATH": str(config), "PROTOCOL_VERSION": "v2",
-                   "KSERVE_HTTP_PORT": str(port), "KSERVE_GRPC_PORT": str(free_port()), "MODEL_LOAD_DELAY": "1",
-                   **env}
     log = workdir / "wrapper.log"
-    process = subprocess.Popen([str(KSERVE_PYTHON), str(REPO / "tests" / "kserve_wrapper.py")], cwd=workdir,
-                               env=environment, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    wrapper = Wrapper(process, f"http://127.0.0.1:{port}", log)
-    while True:  # no deadline of our own: a wrapper that hangs is stopped by pytest's timeout (pyproject.toml)
-        try:
-            requests.get(f"{wrapper.url}/v2/health/live", timeout=5)
-            return wrapper
-        except requests.ConnectionError:
-            if process.poll() is not None:
-                stop_process_group(process)
-                raise AssertionError(f"KServe wrapper did not start:\n{wrapper.log_text()[-3000:]}") from None
-            time.sleep(0.5)
+
+    def start_on(ports: dict[str, int]) -> Wrapper:
+        environment = {**os.environ, "PYTHONPATH": "", "CONFIG_PATH": str(config), "PROTOCOL_VERSION": "v2",
+                       "KSERVE_HTTP_PORT": str(ports["http"]), "KSERVE_GRPC_PORT": str(ports["grpc"]),
+                       "MODEL_LOAD_DELAY": "1", **env}
+        with open(log, "wb") as sink:
+            process = subprocess.Popen([str(KSERVE_PYTHON), str(REPO / "tests" / "kserve_wrapper.py")], cwd=workdir,
+                                       env=environment, stdout=sink, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        wrapper = Wrapper(process, f"http://127.0.0.1:{ports['http']}", log)
+        while True:  # no deadline of our own: a wrapper that hangs is stopped by pytest's timeout (pyproject.toml)
+            try:
+                requests.get(f"{wrapper.url}/v2/health/live", timeout=5)
+                return wrapper
+            except requests.RequestException:  # a timeout too: whoever took the port may not answer
+                if process.poll() is not None:
+                    stop_process_group(process)
+                    if clash := port_in_use(wrapper.log_text()):
+                        raise PortInUse(clash, ports) from None
+                    raise AssertionError(f"KServe wrapper did not start:\n{wrapper.log_text()[-3000:]}") from None
+                time.sleep(0.5)
+
+    return start_on_free_ports(start_on, ("http", "grpc"), f"KServe's wrapper in {workdir}")
 
 
 @pytest.fixture(scope="module")
@@ -664,7 +685,8 @@ def test_kserves_wrapper_gives_up_on_a_model_not_ready_in_time(servers, tmp_path
     every request gets 503, however soon TorchServe becomes ready (inferenceservice.yaml raises the wait)."""
     _, kserve = servers
     config = tmp_path / "config.properties"
-    config.write_text(derive_config({"management_address": f"http://127.0.0.1:{free_port()}"},  # nothing there
+    [nothing_there] = free_ports(1)
+    config.write_text(derive_config({"management_address": f"http://127.0.0.1:{nothing_there}"},
                                     source=kserve.workdir / "config.properties"))
     late = start_wrapper(config, tmp_path / "wrapper", MODEL_LOAD_MAX_TRY="2")
     try:
