@@ -14,12 +14,14 @@ import argparse
 import json
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 from client import search_index
@@ -75,54 +77,73 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _clock() -> tuple[float, float]:
+    """(wall time, CPU time of this process and of its finished children): on a busy machine the wall time says how
+    long a volunteer waited, the CPU time what the search itself costs."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    now = _clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def _repeated(action) -> dict:
+    """Median and max wall time, and median CPU time, of REPEATS runs of action(); its last result as "result"."""
+    walls, cpus = [], []
+    for _ in range(REPEATS):
+        start = _clock()
+        result = action()
+        wall, cpu = _since(start)
+        walls.append(wall)
+        cpus.append(cpu)
+    return {"median_s": statistics.median(walls), "max_s": max(walls), "cpu_median_s": statistics.median(cpus),
+            "result": result}
+
+
 def bench(out: Path, count: int) -> dict:
     taxonomy = Taxonomy.load()
     write_results(out, count, taxonomy)
     timings: dict = {"photos": count, "cpu": _cpu()}
     with closing(search_index.connect(out)) as conn:
-        started = time.perf_counter()
+        start = _clock()
         search_index.sync(conn, out, taxonomy)
-        timings["build_s"] = time.perf_counter() - started
-        started = time.perf_counter()
+        timings["build_s"], timings["build_cpu_s"] = _since(start)
+        start = _clock()
         assert search_index.sync(conn, out, taxonomy).up_to_date
-        timings["sync_unchanged_s"] = time.perf_counter() - started
+        timings["sync_unchanged_s"], _ = _since(start)
         write_results(out, count // 100, taxonomy, start=count)
-        started = time.perf_counter()
+        start = _clock()
         timings["sync_more_changed"] = search_index.sync(conn, out, taxonomy).changed
-        timings["sync_more_s"] = time.perf_counter() - started
+        timings["sync_more_s"], timings["sync_more_cpu_s"] = _since(start)
         timings["queries"] = []
         for words, min_score in QUERIES:
             include = [search_index.resolve(w, taxonomy) for w in words if not w.startswith("-")]
             exclude = [search_index.resolve(w[1:], taxonomy) for w in words if w.startswith("-")]
-            runs = []
-            for _ in range(REPEATS):
-                started = time.perf_counter()
-                hits = search_index.query(conn, include, exclude, min_score)
-                runs.append(time.perf_counter() - started)
+            runs = _repeated(partial(search_index.query, conn, include, exclude, min_score))
             shown = " ".join(words) + (f" --min-score {min_score}" if min_score else "")
-            timings["queries"].append({"words": shown, "matches": len(hits),
-                                       "median_s": statistics.median(runs), "max_s": max(runs)})
+            timings["queries"].append({"words": shown, "matches": len(runs.pop("result")), **runs})
     command = [sys.executable, "-m", "client.search", str(out), *QUERIES[0][0], "--limit", "10"]
-    runs = []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        runs.append(time.perf_counter() - started)
-    timings["command"] = {"words": " ".join(QUERIES[0][0]), "median_s": statistics.median(runs), "max_s": max(runs)}
+    runs = _repeated(lambda: subprocess.run(command, check=True, capture_output=True))
+    runs.pop("result")
+    timings["command"] = {"words": " ".join(QUERIES[0][0]), **runs}
     return timings
 
 
 def report(timings: dict) -> str:
-    lines = [f"search index of {timings['photos']:,} synthetic photos on {timings['cpu']}",
-             f"  build from tags.jsonl:       {timings['build_s']:.2f} s",
+    lines = [f"search index of {timings['photos']:,} synthetic photos on {timings['cpu']} "
+             f"(wall time / CPU time)",
+             f"  build from tags.jsonl:       {timings['build_s']:.2f} s / {timings['build_cpu_s']:.2f} s",
              f"  sync, nothing changed:       {timings['sync_unchanged_s'] * 1000:.1f} ms",
-             f"  sync, {timings['sync_more_changed']:,} photos more:     {timings['sync_more_s']:.2f} s"]
+             f"  sync, {timings['sync_more_changed']:,} photos more:     {timings['sync_more_s']:.2f} s / "
+             f"{timings['sync_more_cpu_s']:.2f} s"]
     for q in timings["queries"]:
-        lines.append(f"  query {q['words']!r}: {q['matches']:,} matches, median {q['median_s'] * 1000:.1f} ms, "
-                     f"max {q['max_s'] * 1000:.1f} ms")
+        lines.append(f"  query {q['words']!r}: {q['matches']:,} matches, median {q['median_s'] * 1000:.1f} ms / "
+                     f"{q['cpu_median_s'] * 1000:.1f} ms, max {q['max_s'] * 1000:.1f} ms")
     c = timings["command"]
-    lines.append(f"  python -m client.search {c['words']} (Python start included): median {c['median_s']:.2f} s, "
-                 f"max {c['max_s']:.2f} s")
+    lines.append(f"  python -m client.search {c['words']} (Python start included): median {c['median_s']:.2f} s / "
+                 f"{c['cpu_median_s']:.2f} s, max {c['max_s']:.2f} s")
     return "\n".join(lines)
 
 

@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("root", type=Path, metavar="DIR",
                         help="folder of photos, walked recursively (hidden folders are skipped)")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
-                        help=f"folder for {JSONL_NAME} and {CSV_NAME}; re-running with the same folder resumes")
+                        help=f"folder for {JSONL_NAME}, {CSV_NAME}, the search index and the review page; re-running "
+                             f"with the same folder resumes")
     parser.add_argument("--key-file", type=Path, default=DEFAULT_KEY_FILE,
                         help="TorchServe's key_file.json (default: ./key_file.json or $TAGGER_KEY_FILE)")
     parser.add_argument("--model", default="tagger", help="model name on the server (default: tagger)")

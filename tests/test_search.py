@@ -227,10 +227,12 @@ def test_open_writes_a_page_of_the_matches_best_first(small, tmp_path):
 
 
 def test_an_index_of_100000_photos_answers_within_a_second(tmp_path, capsys):
+    """On CPU time: the tests share the machine, and a search that waits for a core is not a slow search. A scan
+    of the folder per query (about 5 s of CPU to read 100,000 answers) fails this."""
     timings = bench(tmp_path, 100_000)
     with capsys.disabled():
         print("\n" + report(timings))
     assert timings["sync_unchanged_s"] < 0.1
     for query in timings["queries"]:
-        assert query["matches"] > 0 and query["median_s"] < 1.0, query
-    assert timings["command"]["median_s"] < 1.0, timings["command"]  # Python's start included
+        assert query["matches"] > 0 and query["cpu_median_s"] < 1.0, query
+    assert timings["command"]["cpu_median_s"] < 1.0, timings["command"]  # Python's start included
