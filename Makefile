@@ -44,6 +44,7 @@ help:
 	@echo "make quantize     int8 package of RUN=$(RUN) for CPU serving, kept only if its tags match the eager model's"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
 	@echo "make serve/stop   start TorchServe with config.properties and wait until READY / stop it"
+	@echo "make serve-proxy  nginx in front of it on PROXY_LISTEN=$(PROXY_LISTEN): body, key and rate limits (stop-proxy)"
 	@echo "make evaluate     metrics + pictures of CHECKPOINT (or SERVER=URL) on DATA into OUT/report.md"
 	@echo "make kserve-bundle  $(KSERVE_OUT)/ for KServe: config/config.properties + model-store/$(notdir $(ARCHIVE))"
 	@echo "                  (GPU pod settings from $(KSERVE_GPU_CONFIG); MODEL_CONFIG=file for others)"
@@ -151,6 +152,19 @@ serve: setup
 
 stop:
 	-$(BIN)/torchserve --stop --foreground
+
+# The front proxy: nginx (Debian's nginx-light) in front of the TorchServe that `make serve` started, as an ordinary
+# background process with its config, logs, pid file and temp bodies in PROXY_PREFIX (serving/proxy.py, README
+# "Serving behind the proxy"). TLS: PROXY_ARGS="--cert cert.pem --key key.pem" with PROXY_LISTEN=0.0.0.0:8443.
+PROXY_LISTEN ?= 127.0.0.1:8090
+PROXY_PREFIX ?= build/nginx
+PROXY_ARGS ?=
+.PHONY: serve-proxy stop-proxy
+serve-proxy: setup
+	$(PY) -m serving.proxy start --listen $(PROXY_LISTEN) --prefix $(PROXY_PREFIX) $(PROXY_ARGS)
+
+stop-proxy:
+	$(PY) -m serving.proxy stop --prefix $(PROXY_PREFIX)
 
 # New inference and management keys (TorchServe's token API, authorised by the API key in key_file.json).
 rotate-keys: setup
