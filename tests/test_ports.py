@@ -85,9 +85,10 @@ NOT_IN_USE = [
 ]
 
 
-@pytest.mark.parametrize("server", sorted(IN_USE))
-def test_a_taken_port_is_recognised_in_each_servers_words(server):
-    text, port = IN_USE[server]
+# "program", not "server": a parameter named like the session's TorchServe fixture reads as asking for it.
+@pytest.mark.parametrize("program", sorted(IN_USE))
+def test_a_taken_port_is_recognised_in_each_servers_words(program):
+    text, port = IN_USE[program]
     line = port_in_use(text)
     assert line and line in text
     assert taken_port(line, {"a": 1234, "b": port or 4321}) == port
