@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import time
 
 import torch
 
 from phototag.checkpoint import load_model
 from phototag.taxonomy import Taxonomy
-from tests.conftest import run
+from tests.conftest import REPO, run
 from training.data import load_labeled_folder
 from training.train import get_args_parser
 
@@ -97,3 +100,60 @@ def test_init_from_a_different_model_is_refused(tiny_dataset, tiny_run, tmp_path
                   "--output-dir", str(tmp_path / "run")], check=False)
     assert result.returncode != 0
     assert "its model is resnet34" in result.stderr and "this run trains resnet18" in result.stderr
+
+
+def test_per_cell_run_counts_crops_and_samples_per_second(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["train_images"] == 18 and json.loads((tiny_run / "args.json").read_text())["object_head"] == "cells"
+    epoch = metrics["history"][0]
+    assert epoch["images_seen"] == 18 and epoch["crops_seen"] == 3 * 8  # 3 steps of 8 photos, 8 crops each
+    assert epoch["samples_per_s"] > 0 and "mean_object_ap" in metrics["val"]
+
+
+def test_a_csv_without_boxes_trains_from_photo_labels_and_says_so(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset.parent, data)
+    (data / "object_boxes.jsonl").unlink()
+    result = run([sys.executable, "-m", "training.train", "--data", str(data / "labels.csv"), "--epochs", "1",
+                  "--batch-size", "8", "--image-size", "64", "--crop-size", "32", "--lr", "0.001", "--workers", "0",
+                  "--output-dir", str(tmp_path / "run")])
+    assert result.stdout.count("has no box sidecar: its objects train from the photo-level labels only") == 1
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert history[0]["crops_seen"] == 0  # no boxes, no crops: the objects learn from the photos' labels
+
+
+def test_a_malformed_box_line_stops_training_naming_file_and_line(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset.parent, data)
+    boxes = data / "object_boxes.jsonl"
+    lines = boxes.read_text(encoding="utf-8").splitlines()
+    lines[2] = json.dumps({"filename": "scene_000002.jpg", "width": 480, "objects": []})  # no height
+    boxes.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run([sys.executable, "-m", "training.train", "--data", str(data / "labels.csv"), "--epochs", "1",
+                  "--image-size", "64", "--workers", "0", "--output-dir", str(tmp_path / "run")], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {boxes}, line 3: not a box record" in result.stderr
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(tiny_dataset, tmp_path):
+    """The process is killed in its second epoch; --resume goes on from the first with the same arguments."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--epochs", "2",
+               "--epoch-steps", "40", "--batch-size", "4", "--crops-per-step", "4", "--crop-size", "32",
+               "--image-size", "64", "--lr", "0.001", "--workers", "0", "--output-dir", str(out)]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not (out / "resume.pt").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    first = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in first] == [1], "the run finished its second epoch before it was stopped"
+    result = run([sys.executable, "-m", "training.train", "--output-dir", str(out), "--resume"])
+    assert "resuming" in result.stdout and "after epoch 1" in result.stdout
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["images_seen"] for h in history] == [160, 320] and history[1]["crops_seen"] == 320

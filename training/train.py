@@ -33,6 +33,8 @@ from training.objects import MultiHeadLoss, cell_loss, sample_crops
 from training.report import write_json, write_training_curves
 
 log = logging.getLogger("train")
+# 4×4 cells: the objects issue's trial size, a sixteenth of a 256 px photo's cost
+DEFAULT_CROP_SIZE = 64
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -92,8 +94,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     crops.add_argument("--crops-per-step", type=int, default=64,
                        help="crops cut from photos decoded at the serving size, trained per cell beside each "
                             "whole-photo batch (0: whole photos only)")
-    crops.add_argument("--crop-size", type=int, default=64,
-                       help="crop side in px, a multiple of the cell stride (16)")
+    crops.add_argument("--crop-size", type=int,
+                       help="crop side in px, a multiple of the cell stride (16) (default: 64, or the input size "
+                            "where that is smaller)")
     crops.add_argument("--centred-crops", type=float, default=0.6,
                        help="share of the crops placed over a random object of their photo (the rest anywhere)")
 
@@ -237,7 +240,9 @@ def _input_settings(args) -> None:
         args.object_pooling = "max"
     elif args.object_pooling is None:
         args.object_pooling = "avg"
-    if args.crop_size % 16 or args.crop_size > args.image_size:
+    if args.crop_size is None:
+        args.crop_size = min(DEFAULT_CROP_SIZE, args.image_size // 16 * 16)
+    if args.crop_size % 16 or not 16 <= args.crop_size <= args.image_size:
         raise SystemExit(f"--crop-size {args.crop_size} must be a multiple of 16 and at most --image-size")
 
 
