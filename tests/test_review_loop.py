@@ -84,14 +84,14 @@ def test_tag_correct_finetune_compare_rollout_rollback(loop_server, tiny_dataset
     write_labels_csv(corrections, [(row.filename, truth[row.filename]) for row in served], TAXONOMY)
 
     # 3. Fine-tune the served run on them, with as many of the original photos mixed in; one short epoch. The
-    # input settings (64 px, letterbox, GeM) come from --init-from.
+    # input settings (64 px, letterbox, per-cell object head) come from --init-from.
     run2 = tmp_path / "run2"
     train(train_args().parse_args([
         "--init-from", str(tiny_run / "model.pt"), "--data", str(corrections), "--images", str(photos),
         "--mix-data", str(tiny_dataset), "--mix-ratio", "1", "--epochs", "1", "--batch-size", "8", "--lr", "0.001",
         "--val-fraction", "0.25", "--workers", "0", "--output-dir", str(run2)]))
     args = json.loads((run2 / "args.json").read_text())
-    assert (args["image_size"], args["resize"], args["object_pooling"]) == (64, "letterbox", "gem")
+    assert (args["image_size"], args["resize"], args["object_head"]) == (64, "letterbox", "cells")
     assert len(read_labels_csv(run2 / "mixed_in.csv", TAXONOMY)) == len(served)
     metrics = json.loads((run2 / "metrics.json").read_text())
     assert metrics["train_images"] + metrics["val_images"] == 2 * len(served)
