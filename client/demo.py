@@ -42,9 +42,8 @@ def held_out_note(metrics: dict, taxonomy: Taxonomy) -> str:
     lines = [f"Held-out photos ({metrics.get('test_images')}), the run that is served ({minutes:.0f} min of "
              f"training): macro-F1 {heads}; mean object F1 {test['mean_object_f1']:.2f}{ap}."]
     if test["mean_object_f1"] < OBJECTS_LEARNED_F1:
-        lines.append("This run does NOT find the objects: expect 'objects MISS' below. Was it trained without "
-                     "the warm start (weights/warm-start.pt, `make warm-start`)? README 'Measured quality' has "
-                     "the figures of each recipe.")
+        lines.append("This run finds the objects only in part: expect 'objects MISS' on many photos below. "
+                     "README 'Measured quality' has the figures of each recipe and docs/model.md what is left.")
     return "\n".join(lines)
 
 
