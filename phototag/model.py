@@ -34,6 +34,7 @@ OBJECT_HEADS = ("pooled", "cells")
 # A fresh per-cell head starts every cell at a 1 % prior (RetinaNet's focal-loss initialisation): with ~250 cells
 # a photo and nearly all of them negative, a 50 % start would spend the first thousands of steps unlearning it.
 CELL_PRIOR = 0.01
+CELL_STRIDE = 16  # input pixels per cell of layer3's map, which the per-cell object heads read
 GEM_INITIAL_P = 3.0  # Radenović et al.: p = 1 is the average, p -> inf the maximum; 3 is their usual start
 
 
@@ -94,7 +95,7 @@ class ModelConfig:
     @property
     def cell_stride(self) -> int:
         """Input pixels per cell of the per-cell object map (layer3 of a ResNet)."""
-        return 16
+        return CELL_STRIDE
 
 
 class PretrainedWeightsUnavailable(RuntimeError):

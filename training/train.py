@@ -23,7 +23,15 @@ from tqdm import tqdm
 from phototag.checkpoint import read_checkpoint, save_checkpoint
 from phototag.inference import PRECISIONS, Runtime, to_model_input
 from phototag.labels_csv import LabelCsvError, read_labels_csv, write_labels_csv
-from phototag.model import BACKBONES, OBJECT_HEADS, POOLINGS, ModelConfig, PretrainedWeightsUnavailable, build_model
+from phototag.model import (
+    BACKBONES,
+    CELL_STRIDE,
+    OBJECT_HEADS,
+    POOLINGS,
+    ModelConfig,
+    PretrainedWeightsUnavailable,
+    build_model,
+)
 from phototag.preprocessing import IMAGE_SIZE, RESIZE_MODES
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
 from training.boxes import BoxFileError
@@ -241,8 +249,8 @@ def _input_settings(args) -> None:
     elif args.object_pooling is None:
         args.object_pooling = "avg"
     if args.crop_size is None:
-        args.crop_size = min(DEFAULT_CROP_SIZE, args.image_size // 16 * 16)
-    if args.crop_size % 16 or not 16 <= args.crop_size <= args.image_size:
+        args.crop_size = min(DEFAULT_CROP_SIZE, args.image_size // CELL_STRIDE * CELL_STRIDE)
+    if args.crop_size % CELL_STRIDE or not CELL_STRIDE <= args.crop_size <= args.image_size:
         raise SystemExit(f"--crop-size {args.crop_size} must be a multiple of 16 and at most --image-size")
 
 
@@ -269,7 +277,7 @@ def _mix_in(pool: InMemoryDataset, args, taxonomy: Taxonomy) -> InMemoryDataset:
 
 def _cell_stride(args) -> int | None:
     """The per-cell targets' stride for a cells model, None for a pooled one (it trains from photo labels)."""
-    return 16 if args.object_head == "cells" else None
+    return CELL_STRIDE if args.object_head == "cells" else None
 
 
 def _load_initial_weights(model, path: Path) -> None:
