@@ -76,6 +76,16 @@ def test_crops_are_cut_on_the_cell_grid_with_their_slice_of_the_targets():
         assert torch.equal(target, window) or torch.equal(target, window.flip(-1))
 
 
+def test_a_centred_crop_keeps_its_object_off_the_crop_border():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.zeros((1, 3, 128, 128), dtype=torch.uint8)
+    cells = torch.full((1, 8, 8, 8), NEGATIVE, dtype=torch.int8)
+    cells[0, 5, 3, 4] = POSITIVE  # away from the photo's edge: any 4-cell window around it fits
+    _, targets = sample_crops(images, cells, torch.tensor([0]), 200, 64, 16, centred=1.0, generator=generator)
+    places = {tuple(p) for p in (targets[:, 5] == POSITIVE).nonzero()[:, 1:].tolist()}
+    assert places == {(1, 1), (1, 2), (2, 1), (2, 2)}  # every inner place, never a border row or column
+
+
 def test_cell_loss_ignores_ignored_cells_and_scales_by_positives():
     targets = torch.full((1, 2, 4, 4), NEGATIVE, dtype=torch.int8)
     targets[0, 0, 1, 1], targets[0, 0, 1, 2] = POSITIVE, IGNORED

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from phototag.inference import Runtime, to_model_input
 from phototag.taxonomy import SINGLE, Taxonomy
 from training.boxes import IGNORED, POSITIVE
 
@@ -28,10 +29,15 @@ def sample_crops(images: torch.Tensor, cells: torch.Tensor, candidates: torch.Te
 
     images uint8 [N, 3, S, S]; cells int8 [N, K, S/stride, S/stride]. Returns uint8 [count, 3, C, C] and int8
     [count, K, C/stride, C/stride]. A share `centred` of the crops (of photos that show anything) hold a random
-    positive cell at a random place of the crop; the rest are cut anywhere. Half are mirrored left-right.
+    positive cell away from the crop's edge; the rest are cut anywhere. Half are mirrored left-right.
+
+    A centred crop keeps its object's cell off the crop's border rows and columns where the crop is 3 cells or
+    more: on the border, most of a larger object lies outside the crop and the cell reads the zero padding
+    beside it, a view serving never gives (a whole photo shows the object entire).
     """
     grid, span = cells.shape[-1], crop_size // stride
     last = grid - span
+    margin = 1 if span >= 3 else 0
     picks = candidates[torch.randint(len(candidates), (count,), generator=generator)]
     draws = torch.rand(count, 2, generator=generator)
     out_images = torch.empty((count, 3, crop_size, crop_size), dtype=images.dtype)
@@ -43,8 +49,9 @@ def sample_crops(images: torch.Tensor, cells: torch.Tensor, candidates: torch.Te
             positive = (cells[index] == POSITIVE).any(dim=0).nonzero()
             if len(positive):
                 r, c = positive[int(torch.randint(len(positive), (1,), generator=generator))].tolist()
-                row = min(max(r - int(torch.randint(span, (1,), generator=generator)), 0), last)
-                col = min(max(c - int(torch.randint(span, (1,), generator=generator)), 0), last)
+                inside = torch.randint(margin, span - margin, (2,), generator=generator).tolist()
+                row = min(max(r - inside[0], 0), last)
+                col = min(max(c - inside[1], 0), last)
         crop = images[index, :, row * stride:(row + span) * stride, col * stride:(col + span) * stride]
         target = cells[index, :, row:row + span, col:col + span]
         if draws[n, 1] < 0.5:  # nothing in the taxonomy depends on left and right
@@ -98,3 +105,28 @@ class MultiHeadLoss(nn.Module):
                 loss = loss + cell_loss(cells[boxed][:, start:start + size], cell_targets[boxed][:, start:start + size])
             start += size
         return loss
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = 32) -> None:
+    """Re-estimate every batch-norm layer's running statistics over `images` (uint8 [N, 3, S, S]: whole training
+    photos at the serving size), as a plain average over the batches (PreciseBN, Wu & Johnson 2021).
+
+    Training updates the running statistics from crops and whole photos alike, and crops centred on objects
+    are not what serving shows; with the weights still moving, the running averages also trail them. Serving
+    normalises with these statistics, so they are set from what serving sees: on the committed warm start this
+    alone raised the held-out mean object AP from 0.428 to 0.452 (docs/model.md). The weights do not change.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # None = cumulative average over the batches since the reset
+    model.train()
+    for start in range(0, len(images), batch_size):
+        with runtime.autocast():
+            model(to_model_input(images[start:start + batch_size], runtime))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)

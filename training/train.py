@@ -37,8 +37,9 @@ from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyE
 from training.boxes import BoxFileError
 from training.data import InMemoryDataset, load_labeled_folder
 from training.metrics import evaluate_logits, format_metrics, majority_baseline, tune_thresholds
-from training.objects import MultiHeadLoss, cell_loss, sample_crops
+from training.objects import MultiHeadLoss, cell_loss, recalibrate_batch_norm, sample_crops
 from training.report import write_json, write_training_curves
+from training.resume import read_resume_point, restore, resumed_args, save_resume_point
 
 log = logging.getLogger("train")
 # 4×4 cells: the objects issue's trial size, a sixteenth of a 256 px photo's cost
@@ -105,6 +106,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     crops.add_argument("--crop-size", type=int,
                        help="crop side in px, a multiple of the cell stride (16) (default: 64, or the input size "
                             "where that is smaller)")
+    crops.add_argument("--bn-photos", type=int, default=256,
+                       help="whole training photos at the serving size that set the batch-norm statistics before "
+                            "each validation and save (0: keep the running averages of training, crops included)")
     crops.add_argument("--centred-crops", type=float, default=0.6,
                        help="share of the crops placed over a random object of their photo (the rest anywhere)")
 
@@ -350,7 +354,8 @@ def _jsonable_args(args) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
-def main(args) -> dict:
+def main(args, resume_state: dict | None = None) -> dict:
+    """Train as `args` say; with resume_state (training.resume.read_resume_point), go on after its last epoch."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     torch.manual_seed(args.seed)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -390,6 +395,8 @@ def main(args) -> dict:
                                                     cycle_momentum=args.opt == "sgd",
                                                     base_momentum=0.85 * args.momentum, max_momentum=args.momentum)
     generator = torch.Generator().manual_seed(args.seed)
+    # The same photos every epoch, drawn apart from the training stream so that --bn-photos changes no batch.
+    calibration = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(args.seed))[:args.bn_photos]
     stream = PhotoStream(len(train_data), args.batch_size, generator)
 
     test_data = test_targets = None
@@ -403,8 +410,11 @@ def main(args) -> dict:
                "skipped": pool.skipped, "runtime": runtime.describe(),
                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     first_epoch, seen, train_seconds = 1, {"photos": 0, "crops": 0}, 0.0
-    if args.resume:
-        state = _resume(args, model, optimizer, scheduler, generator, stream)
+    if resume_state is not None:
+        state = resume_state
+        stream.order, stream.position = restore(state, model, optimizer, scheduler, generator)
+        log.info("resuming %s after epoch %d (%d photos + %d crops seen)", args.output_dir, state["epoch"],
+                 state["seen"]["photos"], state["seen"]["crops"])
         first_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         seen, train_seconds = state["seen"], state["train_seconds"]
         summary.update(state["summary"])
@@ -414,6 +424,8 @@ def main(args) -> dict:
                                epoch, args, generator)
         seen = {"photos": seen["photos"] + done["photos"], "crops": seen["crops"] + done["crops"]}
         train_seconds += done["seconds"]
+        if args.bn_photos:
+            recalibrate_batch_norm(model, train_data.images[calibration], runtime)
         val_logits = evaluate(model, val_data, runtime, args)
         metrics = evaluate_logits(val_logits, val_targets, taxonomy)
         score = _selection_score(metrics, taxonomy)
@@ -441,8 +453,10 @@ def main(args) -> dict:
             _save_run(args, model, trained_taxonomy, summary)
         summary.update(history=history, epochs_done=epoch, train_seconds=round(time.time() - started, 1))
         write_json(args.output_dir / "metrics.json", summary)
-        _save_resume_point(args, model, optimizer, scheduler, generator, stream, epoch, history, best, seen,
-                           train_seconds, summary)
+        save_resume_point(args.output_dir, args=_jsonable_args(args), model=model, optimizer=optimizer,
+                          scheduler=scheduler, generator=generator, stream_state=[stream.order, stream.position],
+                          epoch=epoch, history=history, best=best, seen=seen, train_seconds=train_seconds,
+                          summary={k: summary[k] for k in ("best_epoch", "thresholds", "val") if k in summary})
 
     model.load_state_dict(best["state"])
     best_taxonomy = Taxonomy.from_dict(best["taxonomy"])
@@ -464,53 +478,6 @@ def _held_out_line(record: dict) -> str:
     return f"  held-out mean object F1 {test['mean_object_f1']:.3f}, AP {test['mean_object_ap']:.3f}" if test else ""
 
 
-RESUME_NAME = "resume.pt"
-
-
-def _save_resume_point(args, model, optimizer, scheduler, generator, stream, epoch, history, best, seen,
-                       train_seconds, summary) -> None:
-    """OUTPUT_DIR/resume.pt after every epoch: what --resume needs to go on as if never stopped (plain data and
-    tensors only, read back with weights_only=True)."""
-    payload = {"epoch": epoch, "args": _jsonable_args(args), "model": model.state_dict(),
-               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "generator": generator.get_state(), "stream": [stream.order, stream.position],
-               "history": history, "best": best, "seen": seen, "train_seconds": train_seconds,
-               "summary": {k: summary[k] for k in ("best_epoch", "thresholds", "val") if k in summary}}
-    tmp = args.output_dir / (RESUME_NAME + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(args.output_dir / RESUME_NAME)
-
-
-def _resume(args, model, optimizer, scheduler, generator, stream) -> dict:
-    path = args.output_dir / RESUME_NAME
-    if not path.is_file():
-        raise SystemExit(f"--resume: {path} does not exist (no epoch of this run has finished)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
-    stream.order, stream.position = state["stream"]
-    log.info("resuming %s after epoch %d (%d photos + %d crops seen)", args.output_dir, state["epoch"],
-             state["seen"]["photos"], state["seen"]["crops"])
-    return state
-
-
-def _resumed_args(args) -> argparse.Namespace:
-    """--resume: the arguments the run was started with (its resume.pt), so that the schedule and data match."""
-    path = args.output_dir / RESUME_NAME
-    if not path.is_file():
-        raise SystemExit(f"--resume: {path} does not exist (no epoch of this run has finished)")
-    saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
-    defaults = vars(get_args_parser().parse_args([]))
-    restored = {k: Path(v) if k in _PATH_ARGS and v is not None else v for k, v in saved.items()}
-    return argparse.Namespace(**{**defaults, **restored, "resume": True})
-
-
-_PATH_ARGS = ("data", "images", "test_data", "test_images", "taxonomy", "init_from", "mix_data", "mix_images",
-              "output_dir")
-
-
 def _save_run(args, model, taxonomy: Taxonomy, summary: dict) -> None:
     """model.pt (weights + config + taxonomy + args), taxonomy.json beside it, args.json."""
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -526,6 +493,10 @@ if __name__ == "__main__":
     parser = get_args_parser()
     try:
         parsed = parser.parse_args()
-        main(_resumed_args(parsed) if parsed.resume else parsed)
+        if parsed.resume:
+            state = read_resume_point(parsed.output_dir)
+            main(resumed_args(state, get_args_parser()), resume_state=state)
+        else:
+            main(parsed)
     except (LabelCsvError, TaxonomyError, PretrainedWeightsUnavailable, BoxFileError) as exc:
         parser.exit(2, f"error: {exc}\n")
