@@ -105,7 +105,7 @@ class PhotoTaggerHandler:
         model_dir = properties.get("model_dir")
         model_config = getattr(context, "model_yaml_config", None) or {}
         settings = HandlerSettings.from_section(model_config.get("handler"))
-        self.runtime = Runtime.from_settings(settings, properties.get("gpu_id"))
+        self.runtime = settings.runtime(properties.get("gpu_id"))
         if settings.torch_threads > 0:
             # Several CPU workers must split the cores: oversubscribed OpenMP threads spin and slow each other down.
             torch.set_num_threads(settings.torch_threads)

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 from phototag.checkpoint import load_model
 from phototag.taxonomy import logits_to_tags
 from serving.ports import PortInUse, port_in_use, start_on_free_ports
+from serving.process_group import stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,14 +122,7 @@ class FastApiBaseline:
         raise TimeoutError(f"the FastAPI baseline did not answer /ping within {timeout} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_process_group(self.process, [(signal.SIGTERM, 15), (signal.SIGKILL, 5)])
 
 
 def main(argv=None) -> int:

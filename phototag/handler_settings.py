@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+
 from phototag.compiled import COMPILE_MODES
 from phototag.decoding import MAX_PIXELS
-from phototag.inference import DEVICES, PRECISIONS
+from phototag.inference import DEVICES, PRECISIONS, Runtime
 from phototag.jpeg_batch import JPEG_DECODERS
 
 # int8 needs the archive's AOTInductor package (phototag/int8.py), so only a served worker has it.
@@ -73,6 +75,18 @@ class HandlerSettings:
             raise HandlerSettingsError(f"model-config.yaml's handler: has unknown key(s) {unknown}; "
                                        f"known keys: {known}")
         return cls(**section)
+
+    def runtime(self, gpu_id=None) -> Runtime:
+        """Where and how the worker runs; device auto is the GPU TorchServe assigned to this worker, if any."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("model-config.yaml asks for device: cuda but this worker sees no CUDA device")
+        if self.device == "cpu" or not torch.cuda.is_available():
+            device = torch.device("cpu")
+        else:
+            device = torch.device(f"cuda:{int(gpu_id) if gpu_id is not None else 0}")
+        # int8 is the handler's to switch on (it needs the archive's package); until then the worker is fp32.
+        precision = "fp32" if self.precision == "int8" else self.precision
+        return Runtime.resolve(device, precision, self.channels_last)
 
     def as_section(self) -> dict[str, Any]:
         """The settings as a `handler:` mapping (for reports and for writing a model-config)."""

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from phototag.decoding import MAX_PIXELS, decode_image
 from phototag.preprocessing import draft_size, normalize, resize_to_tensor
-
-if TYPE_CHECKING:  # the settings module imports this one's constants
-    from phototag.handler_settings import HandlerSettings
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,19 +62,6 @@ class Runtime:
     def autocast(self):
         """The autocast context of a forward pass (a no-op in fp32)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-
-    @classmethod
-    def from_settings(cls, settings: HandlerSettings, gpu_id=None) -> Runtime:
-        """The handler's settings -> Runtime; device auto is the GPU TorchServe assigned to this worker, if any."""
-        if settings.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("model-config.yaml asks for device: cuda but this worker sees no CUDA device")
-        if settings.device == "cpu" or not torch.cuda.is_available():
-            device = torch.device("cpu")
-        else:
-            device = torch.device(f"cuda:{int(gpu_id) if gpu_id is not None else 0}")
-        # int8 is the handler's to switch on (it needs the archive's package); until then the worker is fp32.
-        precision = "fp32" if settings.precision == "int8" else settings.precision
-        return cls.resolve(device, precision, settings.channels_last)
 
     def describe(self) -> str:
         eager = f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last' if self.channels_last else ''}"

@@ -28,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from serving.ports import PortInUse, port_in_use, start_on_free_ports
+from serving.process_group import stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "deploy" / "nginx" / "tagger.conf"
@@ -246,19 +247,8 @@ class NginxProxy:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self, grace: float = 10) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
         # SIGQUIT lets nginx finish the requests in flight; TERM, then KILL the group if it does not.
-        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_group(self.process, [(signal.SIGQUIT, grace), (signal.SIGTERM, grace), (signal.SIGKILL, grace)])
 
 
 def running_pid(prefix: Path) -> int | None:

@@ -8,7 +8,6 @@ serving.ports, all at once; if one was taken by the time TorchServe binds it, it
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from client.ready import wait_until_ready
 from serving.ports import PortInUse, port_in_use, start_on_free_ports
+from serving.process_group import stop_process_group
 from serving.serve_config import build_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,11 +120,6 @@ class TorchServe:
             self.stop()
             if not exited:
                 raise
-            # A frontend that failed may leave workers it had started for load_models behind in its group.
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             text = out.read_text(errors="replace") if out.exists() else ""
             clash = port_in_use(text)
             if clash:
@@ -134,23 +129,8 @@ class TorchServe:
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Workers were started by the frontend in the same process group; make sure none outlives it.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """TERM, then KILL; TorchServe's workers run in the frontend's process group, and none may outlive it."""
+        stop_process_group(self.process)
 
     def log_text(self, name: str = "model_log.log") -> str:
         path = self.logs / name

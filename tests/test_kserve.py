@@ -15,7 +15,6 @@ import base64
 import importlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import yaml
 from client.auth import bearer, read_key
 from serving.kserve_bundle import KSERVE_MODEL_STORE, parse_properties
 from serving.ports import PortInUse, free_ports, port_in_use, start_on_free_ports
+from serving.process_group import stop_process_group
 from serving.protos import GENERATED_DIR, generate
 from serving.torchserve_process import REPO, TORCHSERVE, TorchServe, derive_config
 from tests.conftest import PYTHON, run
@@ -342,21 +342,6 @@ class BundleServer:
 
     def stop(self) -> None:
         stop_process_group(self.process)
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        if process.poll() is not None:
-            break
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # TorchServe's workers run in the frontend's process group: none may outlive it
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def start_bundle_server(bundle: Path, workdir: Path) -> BundleServer:

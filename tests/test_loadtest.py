@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from serving.ports import PortInUse, port_in_use, start_on_free_ports
+from serving.process_group import kill_group
 from serving.torchserve_process import REPO
 
 pytestmark = pytest.mark.server
@@ -40,10 +40,7 @@ def test_locust_rest_and_grpc_users_validate_answers(server, tmp_path):
             process.wait(timeout=800)
         finally:
             # Workers forked before a master that then failed to bind retry connecting to it for minutes.
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(process.pid)
         stderr = log.read_text(errors="replace")
         if clash := port_in_use(stderr):
             raise PortInUse(clash, ports)
