@@ -40,13 +40,18 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> Path:
     learning rate: three steps at the default peak leave batch-norm statistics so far from the weights that eval
     mode gives logits in the millions, and tests compare answers between precisions and paths.
 
+    --bn-photos 0 keeps the running batch-norm averages of those few steps: set exactly from the photos
+    (training.objects.recalibrate_batch_norm), a network this far from trained is a chaotic function of its input,
+    whose answers swing with each rounding of bf16, int8 or another resize, and these tests compare such paths.
+    tests/test_objects.py tests the recalibration itself.
+
     Letterboxed input (not the default) and the per-cell object head trained from the box sidecar on crops, so
     that the served tests exercise the preprocessing and the head that differ most from the old squash + average
     model."""
     out = tmp_path_factory.mktemp("tiny_run")
     run([PYTHON, "-m", "training.train", "--data", str(tiny_dataset), "--epochs", "1", "--batch-size", "8",
          "--image-size", "64", "--val-fraction", "0.25", "--lr", "0.005", "--resize", "letterbox",
-         "--crops-per-step", "8", "--crop-size", "32",
+         "--crops-per-step", "8", "--crop-size", "32", "--bn-photos", "0",
          "--output-dir", str(out)])
     return out
 

@@ -133,3 +133,27 @@ def test_a_pooled_head_checkpoint_from_before_loads_as_pooled(tmp_path):
 def test_a_cells_head_refuses_a_feature_pooling():
     with pytest.raises(ValueError, match="object_pooling must be 'max'"):
         build_model(TAXONOMY, arch="resnet18", object_head="cells", object_pooling="gem")
+
+
+def test_batch_norm_statistics_are_set_from_the_given_photos_alone():
+    """After recalibration the first batch-norm layer holds the mean and variance of conv1's output over exactly
+    these photos (whatever training left there before), the weights are untouched and the mode is restored."""
+    from phototag.inference import Runtime, to_model_input
+    from phototag.model import build_model
+    from phototag.taxonomy import Taxonomy
+    from training.objects import recalibrate_batch_norm
+
+    model = build_model(Taxonomy.load(), object_head="cells", object_pooling="max").eval()
+    model.backbone.bn1.running_mean.fill_(5.0)  # stale statistics from elsewhere
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    images = torch.randint(0, 255, (10, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    runtime = Runtime(torch.device("cpu"))
+    recalibrate_batch_norm(model, images, runtime, batch_size=5)
+    with torch.no_grad():
+        conv = model.backbone.conv1(to_model_input(images, runtime))
+    expected_mean, expected_var = conv.mean(dim=(0, 2, 3)), conv.var(dim=(0, 2, 3))
+    assert torch.allclose(model.backbone.bn1.running_mean, expected_mean, atol=1e-4)
+    # two batches of 5: the average of their unbiased variances, close to the variance over all 10
+    assert torch.allclose(model.backbone.bn1.running_var, expected_var, rtol=0.05)
+    assert not model.training and model.backbone.bn1.momentum == 0.1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
