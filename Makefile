@@ -97,7 +97,7 @@ train-demo: setup runs/demo/model.pt
 # interruption resumes from runs/cpu/resume.pt (its last finished epoch).
 CPU_DATA := data/warm
 CPU_TRAIN_IMAGES ?= 24000
-CPU_TRAIN_ARGS ?= --epochs 10 --epoch-steps 500 --batch-size 2 --crops-per-step 64 --opt adamw --lr 5e-4 \
+CPU_TRAIN_ARGS ?= --epochs 14 --epoch-steps 500 --batch-size 2 --crops-per-step 64 --opt adamw --lr 5e-4 \
 	--warmup 0.03 --val-fraction 0.03 --image-size 256
 train-cpu: setup
 	test -f $(CPU_DATA)/train/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/train --count $(CPU_TRAIN_IMAGES) --seed 31 --max-size 1280
