@@ -92,24 +92,31 @@ runs/demo/model.pt: $(DEMO_DATA)/train/labels.csv $(DEMO_DATA)/holdout/labels.cs
 
 train-demo: setup runs/demo/model.pt
 
-# The CPU recipe from random init (docs/model.md): per-cell object heads trained on 64 px crops of photos decoded
-# at the serving size, beside whole 256 px photos. Seeds 31/32 are nobody's held-out set. Re-running it after an
-# interruption resumes from runs/cpu/resume.pt (its last finished epoch).
+# The CPU recipe from random init (docs/model.md), in two stages. Objects: the backbone up to layer3 and the
+# per-cell object heads learn from 64 px crops only (crops-only steps learn them about three times faster per crop
+# than steps beside whole photos). Scenes: layer4 and the time/season/terrain heads learn on whole 256 px photos on
+# top of the object part, held as it is. Seeds 31/32 are nobody's held-out set. Re-running it after an
+# interruption resumes the stage from its resume.pt (its last finished epoch); a finished stage is skipped.
 CPU_DATA := data/warm
 CPU_TRAIN_IMAGES ?= 24000
-CPU_TRAIN_ARGS ?= --epochs 14 --epoch-steps 500 --batch-size 2 --crops-per-step 64 --opt adamw --lr 5e-4 \
-	--warmup 0.03 --val-fraction 0.03 --image-size 256
+CPU_COMMON_ARGS := --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/holdout/labels.csv --opt adamw \
+	--val-fraction 0.03 --image-size 256
+CPU_OBJECT_ARGS ?= --epochs 4 --epoch-steps 600 --batch-size 0 --crops-per-step 64 --lr 5e-4 --warmup 0.03
+CPU_SCENE_ARGS ?= --init-from runs/cpu-objects/model.pt --freeze-cells --epochs 2 --epoch-steps 400 --batch-size 8 \
+	--lr 5e-4 --warmup 0.05
+# A stage into $(1) with arguments $(2): resumed where an interrupted run left resume.pt; `finished` marks it done.
+train_stage = test -f $(1)/finished || { if [ -f $(1)/resume.pt ]; then $(PY) -m training.train --output-dir $(1) \
+	--resume; else $(PY) -m training.train --output-dir $(1) $(CPU_COMMON_ARGS) $(2); fi && touch $(1)/finished; }
 train-cpu: setup
 	test -f $(CPU_DATA)/train/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/train --count $(CPU_TRAIN_IMAGES) --seed 31 --max-size 1280
 	test -f $(CPU_DATA)/holdout/labels.csv || $(PY) -m training.synth --out $(CPU_DATA)/holdout --count 500 --seed 32 --max-size 1280
-	if [ -f runs/cpu/resume.pt ]; then $(PY) -m training.train --output-dir runs/cpu --resume; \
-	else $(PY) -m training.train --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/holdout/labels.csv \
-		--output-dir runs/cpu $(CPU_TRAIN_ARGS); fi
+	$(call train_stage,runs/cpu-objects,$(CPU_OBJECT_ARGS))
+	$(call train_stage,runs/cpu,$(CPU_SCENE_ARGS))
 
 # The committed warm start: train-cpu's best checkpoint in bf16, with its metrics.json (training/warm_start.py).
 .PHONY: warm-start
 warm-start: train-cpu
-	$(PY) -m training.warm_start --run runs/cpu --out $(WARM_START)
+	$(PY) -m training.warm_start --earlier runs/cpu-objects --run runs/cpu --out $(WARM_START)
 
 train-full: setup
 	test -f $(FULL_DATA)/train/labels.csv || $(PY) -m training.synth --out $(FULL_DATA)/train --count $(FULL_TRAIN_IMAGES) --seed 11

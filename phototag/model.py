@@ -157,6 +157,12 @@ class MultiHeadTagger(nn.Module):
                 heads[name] = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(feature_dim, size))
         self.heads = nn.ModuleDict(heads)
 
+    def cell_modules(self) -> list[nn.Module]:
+        """The modules behind the per-cell object logits: the backbone up to layer3 and the object heads (a
+        per-cell model only). Training can hold them fixed while layer4 and the scene heads learn."""
+        b = self.backbone
+        return [b.conv1, b.bn1, b.layer1, b.layer2, b.layer3] + [self.heads[name] for name in self.object_head_names]
+
     def cell_features(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] -> layer3's map [N, C3, H/16, W/16], the map the per-cell object heads read."""
         b = self.backbone

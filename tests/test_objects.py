@@ -90,12 +90,25 @@ def test_cell_loss_ignores_ignored_cells_and_scales_by_positives():
     targets = torch.full((1, 2, 4, 4), NEGATIVE, dtype=torch.int8)
     targets[0, 0, 1, 1], targets[0, 0, 1, 2] = POSITIVE, IGNORED
     logits = torch.zeros(1, 2, 4, 4)
-    base = cell_loss(logits, targets)
+    base = cell_loss((logits, targets))
     moved = logits.clone()
     moved[0, 0, 1, 2] = 9.0  # an ignored cell: nothing changes
-    assert torch.equal(cell_loss(moved, targets), base)
+    assert torch.equal(cell_loss((moved, targets)), base)
     moved[0, 0, 1, 1] = 9.0  # the positive cell, confident and right: the loss falls
-    assert cell_loss(moved, targets) < base
+    assert cell_loss((moved, targets)) < base
+
+
+def test_cell_loss_gives_every_positive_cell_one_weight_across_photos_and_crops():
+    photo = torch.full((1, 1, 16, 16), NEGATIVE, dtype=torch.int8)
+    photo[0, 0, 3, 3] = POSITIVE
+    crops = torch.full((6, 1, 4, 4), NEGATIVE, dtype=torch.int8)
+    crops[:, 0, 1, 1] = POSITIVE
+    photo_logits, crop_logits = torch.zeros(1, 1, 16, 16), torch.zeros(6, 1, 4, 4)
+    joint = cell_loss((photo_logits, photo), (crop_logits, crops))
+    # one sum over all cells divided by all 7 positives, not the mean of each pair's own ratio
+    sums = [cell_loss((photo_logits, photo)) * 1, cell_loss((crop_logits, crops)) * 6]
+    assert torch.allclose(joint, (sums[0] + sums[1]) / 7)
+    assert not torch.allclose(joint, (sums[0] + sums[1] / 6) / 2)
 
 
 def test_per_cell_head_scores_a_photo_by_its_best_cell_and_round_trips(tmp_path):

@@ -110,6 +110,52 @@ def test_per_cell_run_counts_crops_and_samples_per_second(tiny_run):
     assert epoch["samples_per_s"] > 0 and "mean_object_ap" in metrics["val"]
 
 
+def _weights(path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_crops_only_steps_train_the_object_cells_and_nothing_else(tiny_dataset, tiny_run, tmp_path):
+    """--batch-size 0: every step is crops, so the object cells and the backbone under them move while layer4 and
+    the scene heads keep the weights they started with."""
+    out = tmp_path / "crops"
+    run([sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--init-from",
+         str(tiny_run / "model.pt"), "--epochs", "1", "--epoch-steps", "2", "--batch-size", "0",
+         "--crops-per-step", "8", "--crop-size", "32", "--image-size", "64", "--lr", "0.001", "--val-fraction",
+         "0.25", "--bn-photos", "0", "--workers", "0", "--output-dir", str(out)])
+    start, trained = _weights(tiny_run / "model.pt"), _weights(out / "model.pt")
+    assert not torch.equal(trained["heads.objects.1.weight"], start["heads.objects.1.weight"])
+    assert not torch.equal(trained["backbone.layer3.0.conv1.weight"], start["backbone.layer3.0.conv1.weight"])
+    for name in ("heads.time_of_day.1.weight", "heads.season.1.weight", "backbone.layer4.0.conv1.weight"):
+        assert torch.equal(trained[name], start[name]), name
+    epoch = json.loads((out / "metrics.json").read_text())["history"][0]
+    assert (epoch["images_seen"], epoch["crops_seen"]) == (0, 2 * 8)
+
+
+def test_frozen_cells_keep_the_object_part_while_the_scene_heads_learn(tiny_dataset, tiny_run, tmp_path):
+    """--freeze-cells: the backbone up to layer3 and the object cells, batch-norm statistics included, stay the
+    checkpoint's; layer4 and the scene heads train on whole photos, and no crops are cut."""
+    out = tmp_path / "scenes"
+    run([sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--init-from",
+         str(tiny_run / "model.pt"), "--freeze-cells", "--epochs", "1", "--batch-size", "8", "--image-size", "64",
+         "--lr", "0.001", "--val-fraction", "0.25", "--bn-photos", "0", "--workers", "0", "--output-dir", str(out)])
+    start, trained = _weights(tiny_run / "model.pt"), _weights(out / "model.pt")
+    held = [k for k in start if k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1", "backbone.layer2",
+                                              "backbone.layer3", "heads.objects"))]
+    assert held and all(torch.equal(trained[k], start[k]) for k in held)
+    assert not torch.equal(trained["heads.season.1.weight"], start["heads.season.1.weight"])
+    assert not torch.equal(trained["backbone.layer4.0.conv1.weight"], start["backbone.layer4.0.conv1.weight"])
+    assert json.loads((out / "metrics.json").read_text())["history"][0]["crops_seen"] == 0
+
+
+def test_steps_with_nothing_to_train_are_refused(tiny_dataset, tiny_run, tmp_path):
+    common = [sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--epochs", "1", "--image-size",
+              "64", "--workers", "0", "--output-dir", str(tmp_path / "run")]
+    no_length = run(common + ["--batch-size", "0"], check=False)
+    assert no_length.returncode != 0 and "--batch-size 0 needs --crops-per-step and --epoch-steps" in no_length.stderr
+    no_start = run(common + ["--freeze-cells"], check=False)
+    assert no_start.returncode != 0 and "give --init-from a per-cell checkpoint" in no_start.stderr
+
+
 def test_a_csv_without_boxes_trains_from_photo_labels_and_says_so(tiny_dataset, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset.parent, data)

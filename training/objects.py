@@ -60,15 +60,23 @@ def sample_crops(images: torch.Tensor, cells: torch.Tensor, candidates: torch.Te
     return out_images, out_cells
 
 
-def cell_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sigmoid focal loss over the cells that are not ignored, divided by the positive cells (at least one).
+def cell_loss(*pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Sigmoid focal loss over the cells that are not ignored, of every (logits, targets) pair together, divided by
+    their positive cells (at least one).
 
-    logits float [M, K, h, w]; targets int8 [M, K, h, w] of POSITIVE / NEGATIVE / IGNORED. Dividing by the
-    positives, not by all cells, keeps a batch's loss on one scale however many empty cells it has."""
-    keep = targets != IGNORED
-    positive = (targets == POSITIVE).float()
-    loss = sigmoid_focal_loss(logits.float(), positive, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA, reduction="none")
-    return (loss * keep).sum() / positive.sum().clamp(min=1.0)
+    Each pair is logits float [M, K, h, w] and targets int8 [M, K, h, w] of POSITIVE / NEGATIVE / IGNORED; the
+    pairs may differ in M, h and w (a step's whole photos and its crops). Dividing by the positives, not by all
+    cells, keeps a batch's loss on one scale however many empty cells it has. Pooling the pairs before dividing
+    gives every positive cell the same weight: divided pair by pair, the 2 whole photos of a step (a handful of
+    positives) weighed as much as its 64 crops (about 60), and the noisiest part of the step steered the objects."""
+    total = positives = pairs[0][0].new_zeros((), dtype=torch.float32)
+    for logits, targets in pairs:
+        keep = targets != IGNORED
+        positive = (targets == POSITIVE).float()
+        loss = sigmoid_focal_loss(logits.float(), positive, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA, reduction="none")
+        total = total + (loss * keep).sum()
+        positives = positives + positive.sum()
+    return total / positives.clamp(min=1.0)
 
 
 class MultiHeadLoss(nn.Module):
@@ -87,9 +95,11 @@ class MultiHeadLoss(nn.Module):
         self.ce, self.bce = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss(reduction="none")
 
     def forward(self, logits: torch.Tensor, targets: dict[str, torch.Tensor], cells: torch.Tensor | None = None,
-                cell_targets: torch.Tensor | None = None, has_boxes: torch.Tensor | None = None) -> torch.Tensor:
+                cell_targets: torch.Tensor | None = None, has_boxes: torch.Tensor | None = None,
+                crops: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """logits [N, num_logits]; targets per group ([N] class index or [N, K] 0/1); cells [N, K_all, h, w] and
-        cell_targets int8 of the same shape for a per-cell model; has_boxes bool [N]."""
+        cell_targets int8 of the same shape for a per-cell model; has_boxes bool [N]; crops: the step's crop
+        cells [M, K_all, c, c] and their int8 targets, in one focal-loss sum with the photos' cells."""
         loss = logits.new_zeros((), dtype=torch.float32)
         boxed = has_boxes if cells is not None and has_boxes is not None else torch.zeros(len(logits), dtype=torch.bool)
         start = 0
@@ -101,8 +111,11 @@ class MultiHeadLoss(nn.Module):
             size = group.size
             photo_loss = self.bce(chunk, targets[group.name]).sum(dim=1)
             loss = loss + (photo_loss * ~boxed.to(photo_loss.device)).sum() / len(logits)
+            pairs = [(crops[0][:, start:start + size], crops[1][:, start:start + size])] if crops is not None else []
             if boxed.any():
-                loss = loss + cell_loss(cells[boxed][:, start:start + size], cell_targets[boxed][:, start:start + size])
+                pairs.append((cells[boxed][:, start:start + size], cell_targets[boxed][:, start:start + size]))
+            if pairs:
+                loss = loss + cell_loss(*pairs)
             start += size
         return loss
 

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from phototag.checkpoint import read_checkpoint, save_checkpoint
-from phototag.inference import PRECISIONS, Runtime, to_model_input
+from phototag.inference import PRECISIONS, Runtime
 from phototag.labels_csv import LabelCsvError, read_labels_csv, write_labels_csv
 from phototag.model import (
     BACKBONES,
@@ -36,8 +35,9 @@ from phototag.preprocessing import IMAGE_SIZE, RESIZE_MODES
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
 from training.boxes import BoxFileError
 from training.data import InMemoryDataset, load_labeled_folder
+from training.engine import PhotoStream, evaluate, train_one_epoch
 from training.metrics import evaluate_logits, format_metrics, majority_baseline, tune_thresholds
-from training.objects import MultiHeadLoss, cell_loss, recalibrate_batch_norm, sample_crops
+from training.objects import MultiHeadLoss, recalibrate_batch_norm
 from training.report import write_json, write_training_curves
 from training.resume import read_resume_point, restore, resumed_args, save_resume_point
 
@@ -118,7 +118,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--epoch-steps", type=int,
                        help="optimisation steps per epoch (default: one pass over the training photos); a large "
                             "generated set is then seen in parts, with a learning-curve point after each")
-    optim.add_argument("-b", "--batch-size", type=int, default=32, help="whole photos per optimisation step")
+    optim.add_argument("-b", "--batch-size", type=int, default=32,
+                       help="whole photos per optimisation step (0: crops only, training just the object cells; "
+                            "needs --epoch-steps and photos with boxes)")
+    optim.add_argument("--freeze-cells", action="store_true",
+                       help="hold the backbone up to layer3 and the object cells as they are (from --init-from) "
+                            "and train layer4 and the scene heads on whole photos only")
     optim.add_argument("--opt", default="sgd", choices=["sgd", "adam", "adamw"],
                        help="optimiser: SGD with Nesterov momentum, Adam, or AdamW (decoupled weight decay)")
     optim.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the one-cycle schedule")
@@ -138,84 +143,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             "optimiser, schedule, learning curve), with the arguments it was started with")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/latest"), help="where model.pt and metrics go")
     return parser
-
-
-def _batches(data: InMemoryDataset, batch_size: int):
-    """Evaluation batches in order: (uint8 images, targets)."""
-    for start in range(0, len(data), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(data)))
-        yield data.images[idx], {k: v[idx] for k, v in data.targets.items()}
-
-
-class PhotoStream:
-    """Indices of whole-photo batches, from one shuffled pass over the training photos after another (the last
-    batch of a pass takes what is left): an epoch of `--epoch-steps` steps need not end where a pass does."""
-
-    def __init__(self, count: int, batch_size: int, generator: torch.Generator):
-        self.count, self.batch_size, self.generator = count, batch_size, generator
-        self.order, self.position = torch.randperm(count, generator=generator), 0
-
-    def next(self) -> torch.Tensor:
-        if self.position >= self.count:
-            self.order, self.position = torch.randperm(self.count, generator=self.generator), 0
-        idx = self.order[self.position:self.position + self.batch_size]
-        self.position += len(idx)
-        return idx
-
-
-def train_one_epoch(model, criterion, optimizer, scheduler, data: InMemoryDataset, stream: PhotoStream, steps: int,
-                    runtime: Runtime, epoch: int, args, generator: torch.Generator) -> dict:
-    """`steps` optimisation steps: each a whole-photo batch (scene heads; objects per cell where the photo has
-    boxes, else per photo) plus, for a per-cell model, --crops-per-step crops at serving scale (objects per cell).
-    Returns the mean loss, photos and crops seen, and the seconds taken."""
-    model.train()
-    cells_model = model.config.object_head == "cells"
-    candidates = data.has_boxes.nonzero().flatten() if cells_model and data.has_boxes is not None else None
-    crops = args.crops_per_step if candidates is not None and len(candidates) else 0
-    started, total, photos, crop_count = time.time(), 0.0, 0, 0
-    bar = tqdm(range(steps), desc=f"epoch {epoch}", leave=False, mininterval=2.0, file=sys.stderr,
-               disable=None)  # no bar in logs
-    for _ in bar:
-        idx = stream.next()
-        images = data.images[idx]
-        cell_targets = data.cells[idx] if cells_model else None
-        # Horizontal flips change no label (nothing in the taxonomy depends on left/right).
-        flip = torch.rand(len(images), generator=generator) < 0.5
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        if cell_targets is not None:
-            cell_targets = torch.where(flip.view(-1, 1, 1, 1), cell_targets.flip(-1), cell_targets)
-            cell_targets = cell_targets.to(runtime.device)
-        targets = {k: v[idx].to(runtime.device, non_blocking=True) for k, v in data.targets.items()}
-        with runtime.autocast():
-            logits, cells = model.forward_with_cells(to_model_input(images, runtime))
-            loss = criterion(logits, targets, cells, cell_targets,
-                             data.has_boxes[idx] if cells_model else None)
-            if crops:
-                crop_images, crop_targets = sample_crops(data.images, data.cells, candidates, crops, args.crop_size,
-                                                         model.config.cell_stride, args.centred_crops, generator)
-                crop_cells = model.object_cells(model.cell_features(to_model_input(crop_images, runtime)))
-                loss = loss + cell_loss(crop_cells, crop_targets.to(runtime.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item()
-        photos += len(images)
-        crop_count += crops
-        bar.set_postfix(loss=f"{total / (bar.n + 1):.3f}")
-    seconds = time.time() - started
-    return {"loss": total / max(steps, 1), "photos": photos, "crops": crop_count, "seconds": seconds}
-
-
-@torch.inference_mode()
-def evaluate(model, data: InMemoryDataset, runtime: Runtime, args) -> np.ndarray:
-    """Logits [N, num_logits] (float32, CPU numpy) of the whole split in eval mode."""
-    model.eval()
-    chunks = []
-    for images, _ in _batches(data, max(args.batch_size * 2, 32)):
-        with runtime.autocast():
-            chunks.append(model(to_model_input(images, runtime)).float().cpu())
-    return torch.cat(chunks).numpy()
 
 
 def _numpy_targets(data: InMemoryDataset) -> dict[str, np.ndarray]:
@@ -308,12 +235,42 @@ def _load_initial_weights(model, path: Path) -> None:
              old.resize, old.image_size, old.object_pooling)
 
 
+def _check_step_parts(args, data: InMemoryDataset) -> None:
+    """A step needs something to train: --batch-size 0 leaves crops only, which need boxes and an epoch length;
+    --freeze-cells leaves the whole photos only."""
+    if args.batch_size < 0 or args.crops_per_step < 0:
+        raise SystemExit("--batch-size and --crops-per-step cannot be negative")
+    if args.freeze_cells:
+        if args.object_head != "cells" or not args.init_from:
+            raise SystemExit("--freeze-cells holds a trained per-cell model's object part: give --init-from a "
+                             "per-cell checkpoint")
+        if not args.batch_size:
+            raise SystemExit("--freeze-cells trains on whole photos: --batch-size must be at least 1")
+        args.crops_per_step = 0  # crops train only the object cells, which are held
+    if not args.batch_size:
+        if args.object_head != "cells" or data.has_boxes is None or not bool(data.has_boxes.any()):
+            raise SystemExit("--batch-size 0 trains the object cells on crops only: it needs a per-cell model and "
+                             "photos with a box sidecar")
+        if not args.crops_per_step or not args.epoch_steps:
+            raise SystemExit("--batch-size 0 needs --crops-per-step and --epoch-steps (an epoch is no pass over "
+                             "the photos then)")
+
+
+def _freeze_cells(model) -> list:
+    """--freeze-cells: the object part of the model keeps its weights and batch-norm statistics."""
+    frozen = model.cell_modules()
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
 def _optimizer(model, args) -> torch.optim.Optimizer:
     """Weight decay on the conv and linear weights only: decaying batch-norm scales and biases restrains no
     capacity worth restraining and slows an underfitting run (torchvision's reference scripts offer the same
     split as --norm-weight-decay / --bias-weight-decay)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim > 1]
+    no_decay = [p for p in trained if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.opt == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
@@ -374,6 +331,7 @@ def main(args, resume_state: dict | None = None) -> dict:
                                resize=args.resize, cell_stride=stride)
     if args.mix_data:
         pool = _mix_in(pool, args, taxonomy)
+    _check_step_parts(args, pool)
     train_data, val_data = _split(pool, args.val_fraction, args.seed)
     log.info("loaded %d images (%d skipped) in %.0f s: %d train, %d val", len(pool), len(pool.skipped),
              time.time() - started, len(train_data), len(val_data))
@@ -387,6 +345,7 @@ def main(args, resume_state: dict | None = None) -> dict:
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    frozen = _freeze_cells(model) if args.freeze_cells else []
     criterion = MultiHeadLoss(taxonomy)
     optimizer = _optimizer(model, args)
     steps_per_epoch = args.epoch_steps or math.ceil(len(train_data) / args.batch_size)
@@ -421,7 +380,7 @@ def main(args, resume_state: dict | None = None) -> dict:
     for epoch in range(first_epoch, args.epochs + 1):
         epoch_start = time.time()
         done = train_one_epoch(model, criterion, optimizer, scheduler, train_data, stream, steps_per_epoch, runtime,
-                               epoch, args, generator)
+                               epoch, args, generator, frozen)
         seen = {"photos": seen["photos"] + done["photos"], "crops": seen["crops"] + done["crops"]}
         train_seconds += done["seconds"]
         if args.bn_photos:
