@@ -68,7 +68,8 @@ def cell_loss(*pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     pairs may differ in M, h and w (a step's whole photos and its crops). Dividing by the positives, not by all
     cells, keeps a batch's loss on one scale however many empty cells it has. Pooling the pairs before dividing
     gives every positive cell the same weight: divided pair by pair, the 2 whole photos of a step (a handful of
-    positives) weighed as much as its 64 crops (about 60), and the noisiest part of the step steered the objects."""
+    positives) weighed as much as its 64 crops (about 60). It did not change the first 500 steps' held-out AP
+    (trial G in docs/model.md); it is kept because one weight per positive cell is what the loss means."""
     total = positives = pairs[0][0].new_zeros((), dtype=torch.float32)
     for logits, targets in pairs:
         keep = targets != IGNORED
