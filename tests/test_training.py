@@ -137,13 +137,15 @@ def test_frozen_cells_keep_the_object_part_while_the_scene_heads_learn(tiny_data
     out = tmp_path / "scenes"
     run([sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--init-from",
          str(tiny_run / "model.pt"), "--freeze-cells", "--epochs", "1", "--batch-size", "8", "--image-size", "64",
-         "--lr", "0.001", "--val-fraction", "0.25", "--bn-photos", "0", "--workers", "0", "--output-dir", str(out)])
+         "--lr", "0.001", "--val-fraction", "0.25", "--bn-photos", "8", "--workers", "0", "--output-dir", str(out)])
     start, trained = _weights(tiny_run / "model.pt"), _weights(out / "model.pt")
+    # the batch-norm recalibration before validation (--bn-photos) leaves the held statistics alone too
     held = [k for k in start if k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1", "backbone.layer2",
                                               "backbone.layer3", "heads.objects"))]
     assert held and all(torch.equal(trained[k], start[k]) for k in held)
     assert not torch.equal(trained["heads.season.1.weight"], start["heads.season.1.weight"])
     assert not torch.equal(trained["backbone.layer4.0.conv1.weight"], start["backbone.layer4.0.conv1.weight"])
+    assert not torch.equal(trained["backbone.layer4.0.bn1.running_mean"], start["backbone.layer4.0.bn1.running_mean"])
     assert json.loads((out / "metrics.json").read_text())["history"][0]["crops_seen"] == 0
 
 

@@ -384,7 +384,7 @@ def main(args, resume_state: dict | None = None) -> dict:
         seen = {"photos": seen["photos"] + done["photos"], "crops": seen["crops"] + done["crops"]}
         train_seconds += done["seconds"]
         if args.bn_photos:
-            recalibrate_batch_norm(model, train_data.images[calibration], runtime)
+            recalibrate_batch_norm(model, train_data.images[calibration], runtime, held=frozen)
         val_logits = evaluate(model, val_data, runtime, args)
         metrics = evaluate_logits(val_logits, val_targets, taxonomy)
         score = _selection_score(metrics, taxonomy)
