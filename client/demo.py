@@ -1,4 +1,5 @@
-"""Tag a few held-out images through the running service and print each answer next to the true labels.
+"""Tag a few held-out images through the running service and print each answer next to the true labels, with a
+box for each object found.
 
 With --metrics (the training run's metrics.json) it first says what the served model was measured to do on its
 held-out photos, so that a short demo run that has not learned the objects says so instead of printing a silent
@@ -25,6 +26,17 @@ def _agreement(truth: dict, answer: dict, taxonomy: Taxonomy) -> list[str]:
             ok = sorted(answer[group.name]["labels"]) == sorted(truth[group.name])
             marks.append(f"{group.name} {'ok' if ok else 'MISS'}")
     return marks
+
+
+def found_text(part: dict) -> str:
+    """The objects of one answer with where they are in the photo's pixels and the place's score:
+    "cars at [412, 120, 600, 215] 0.93, horses at ..."."""
+    found = []
+    for label in part["labels"]:
+        boxes = part.get("boxes", {}).get(label, [])
+        where = "; ".join(f"[{', '.join(str(round(v)) for v in b['box'])}] {b['score']:.2f}" for b in boxes)
+        found.append(f"{label} at {where}" if where else label)
+    return ", ".join(found)
 
 
 # Below this held-out mean object F1 the demo says that its model does not find the objects yet.
@@ -62,9 +74,11 @@ def main(argv=None) -> int:
         answer = tag_image((image_dir / row.filename).read_bytes())
         print(f"=== {row.filename}")
         print(f"true:   {json.dumps(row.labels, ensure_ascii=False)}")
-        print(f"served: {json.dumps(answer, ensure_ascii=False)}")
+        shown = {k: ({**v, "boxes": "(below)"} if isinstance(v, dict) and "boxes" in v else v)
+                 for k, v in answer.items()}
+        print(f"served: {json.dumps(shown, ensure_ascii=False)}")
         for group in taxonomy.multi_groups:
-            print(f"        {group.name} found: {', '.join(answer[group.name]['labels']) or '-'}"
+            print(f"        {group.name} found: {found_text(answer[group.name]) or '-'}"
                   f"  (true: {', '.join(row.labels[group.name]) or '-'})")
         print(f"        {', '.join(_agreement(row.labels, answer, taxonomy))}")
     return 0

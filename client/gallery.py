@@ -112,7 +112,8 @@ def taxonomy_for_page(taxonomy: Taxonomy) -> dict:
 
 def photo_entry(record: dict, taxonomy: Taxonomy, thumb: str | None, original: str | None) -> dict:
     """One photo, compactly: 10,000 of them are a few MB of JSON. Scores and labels are class indices in the
-    taxonomy's order; `p` holds each group's scores, `l` the single-choice index or the list of object indices."""
+    taxonomy's order; `p` holds each group's scores, `l` the single-choice index or the list of object indices;
+    `b` where each tagged object is (normalised boxes), `a` the photo's aspect ratio as displayed."""
     entry = {"f": record["file"], "s": record.get("status", "failed"), "t": thumb, "o": original}
     if entry["s"] != "ok":
         entry.update(e=str(record.get("error", "")), r=str(record.get("reason", "error")),
@@ -125,6 +126,12 @@ def photo_entry(record: dict, taxonomy: Taxonomy, thumb: str | None, original: s
         labels.append(g.class_ids.index(part["label"]) if g.kind == SINGLE
                       else [g.class_ids.index(c) for c in part["labels"]])
     entry.update(p=scores, l=labels, v=str(record.get("model_version", "")))
+    boxes = [[g, k, round(float(box["score"]), 3), *(round(float(v), 4) for v in box["box_normalized"])]
+             for g, group in enumerate(taxonomy.groups) if group.kind != SINGLE
+             for k, cls in enumerate(group.classes)
+             for box in record[group.name].get("boxes", {}).get(cls.id, ())]
+    if "image" in record:  # a model with boxes: `b` rows [group, class, score, x0, y0, x1, y1] (0-1), `a` W/H
+        entry.update(b=boxes, a=round(record["image"]["width"] / record["image"]["height"], 4))
     return entry
 
 

@@ -5,8 +5,9 @@ carries no decodable image gets HTTP 400 with {"error": ..., "code": 400} (the p
 TorchServe's gRPC path drops per-request status codes); the rest of its batch is tagged as usual.
 
 An Open Inference Protocol (KServe v2) request is answered in OIP form (`format_response`): the usual tag (or
-error) JSON becomes the one BYTES element of the output tensor "tags". TorchServe passes that body through
-unchanged on REST, and its gRPC ModelInfer turns it into a ModelInferResponse. A refused OIP photo is answered
+error) JSON becomes the one BYTES element of the output tensor "tags", and the boxes also come as the FP32
+tensor "boxes". TorchServe passes that body through unchanged on REST, and its gRPC ModelInfer turns it into a
+ModelInferResponse. A refused OIP photo is answered
 with HTTP 200 and the error in the body (the element, and the response's "parameters"): KServe's wrapper turns
 any non-2xx answer from TorchServe into HTTP 500 and drops the body, which clients would retry as a server fault.
 OIP requests are recognised by content (`phototag.payload.read_oip`), so clients that send no Content-Type, and
@@ -35,17 +36,21 @@ from phototag.checkpoint import load_model
 from phototag.compiled import BucketedCompiledModel
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
 from phototag.handler_settings import HandlerSettings
-from phototag.inference import Runtime, load_image, predict_logits, prepare_model
+from phototag.headers import declared_size
+from phototag.inference import Runtime, load_photo, predict, prepare_model
 from phototag.int8 import select_int8
 from phototag.jpeg_batch import choose_jpeg_decoder, decode_jpegs, fits_fast_lane
+from phototag.locate import InputGeometry, tag_photo
+from phototag.model import ServedTagger
 from phototag.payload import INFERENCE_HEADER, OIP_DATATYPE, OipRequest, PayloadError, extract_image_bytes, read_oip
-from phototag.taxonomy import Taxonomy, logits_to_tags
+from phototag.taxonomy import SINGLE, Taxonomy
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.pt"
 TAXONOMY_FILE = "taxonomy.json"
 OIP_OUTPUT = "tags"  # name of the OIP output tensor: one BYTES element, the tag JSON
+OIP_BOXES = "boxes"  # the extra output of a per-cell model: FP32 [n, 6] (oip_box_tensor)
 
 
 def _record_metrics(metrics, decode_ms: float, inference_ms: float, batch_size: int, responses: list[dict],
@@ -83,11 +88,46 @@ def _content_type(context, index: int) -> str | None:
     return _request_header(context, index, "content-type")
 
 
+def oip_box_tensor(response: dict, taxonomy: Taxonomy) -> dict | None:
+    """The OIP output "boxes" of a tagged photo: FP32 [n, 6], one row per box, [object, score, x0, y0, x1, y1]
+    with `object` the class's index among the yes/no classes in taxonomy order (aviation 0 ... sherp 7) and the
+    box in the photo's pixels as displayed. None for an error or a model without boxes."""
+    if "error" in response or "image" not in response:  # refused, or a pooled-head model: no boxes
+        return None
+    rows, index = [], 0
+    for group in taxonomy.groups:
+        if group.kind == SINGLE:
+            continue
+        boxes = response.get(group.name, {}).get("boxes")
+        if boxes is None:
+            return None
+        for tag_class in group.classes:
+            rows += [[float(index), box["score"], *box["box"]] for box in boxes.get(tag_class.id, ())]
+            index += 1
+    return {"name": OIP_BOXES, "shape": [len(rows), 6], "datatype": "FP32", "data": [v for row in rows for v in row]}
+
+
+def _requested_outputs(outputs: list[dict], document: dict) -> list[dict]:
+    """The outputs an OIP request named (all of them when it names none, or none of ours)."""
+    asked = document.get("outputs")
+    names = {o.get("name") for o in asked if isinstance(o, dict)} if isinstance(asked, list) else set()
+    chosen = [output for output in outputs if output["name"] in names]
+    return chosen or outputs
+
+
+def _binary_tensor(output: dict) -> bytes:
+    """An output's data as the OIP binary extension carries it: each BYTES element behind its 4-byte length, FP32
+    values little-endian."""
+    if output["datatype"] == "FP32":
+        return struct.pack(f"<{len(output['data'])}f", *output["data"])
+    return b"".join(struct.pack("<I", len(e)) + e for e in (str(v).encode() for v in output["data"]))
+
+
 class PhotoTaggerHandler:
     def __init__(self):
         self.initialized = False
         self.model = None
-        self.forward = None  # the model, or its compiled wrapper
+        self.forward = None  # the served model (logits and cells), or its compiled wrapper
         self.int8 = None  # phototag.int8.Int8Tagger when the archive's int8 package serves
         self.taxonomy: Taxonomy | None = None
         self.runtime = Runtime(torch.device("cpu"))
@@ -114,7 +154,8 @@ class PhotoTaggerHandler:
         weights = os.path.join(model_dir, WEIGHTS_FILE)
         self.model, self.taxonomy, _ = load_model(weights, taxonomy=taxonomy)
         prepare_model(self.model, self.runtime)
-        self.int8 = select_int8(settings.precision, self.runtime.device, model_dir, weights, self.model,
+        self.served = ServedTagger(self.model)
+        self.int8 = select_int8(settings.precision, self.runtime.device, model_dir, weights, self.served,
                                 self.runtime, taxonomy)
         self.image_size = self.model.config.image_size
         self.max_pixels = settings.max_pixels
@@ -137,10 +178,10 @@ class PhotoTaggerHandler:
                 compile_mode = False
             self.runtime = replace(self.runtime, int8=True)
         if not compile_mode:
-            self.forward = self.model
+            self.forward = self.served
             self.inference(self._blank_batch(1))
             return
-        compiled = BucketedCompiledModel(self.model, max_batch, "default" if compile_mode is True else compile_mode)
+        compiled = BucketedCompiledModel(self.served, max_batch, "default" if compile_mode is True else compile_mode)
         self.forward = compiled
         started = time.perf_counter()
         compiled.warm_up(lambda n: self.inference(self._blank_batch(n)))
@@ -150,22 +191,24 @@ class PhotoTaggerHandler:
     def _blank_batch(self, n: int) -> torch.Tensor:
         return torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8)
 
-    def _prepare_one(self, request: dict, content_type: str | None) -> torch.Tensor | dict:
-        """One request -> uint8 [3, S, S] on the CPU, or its error dict."""
+    def _prepare_one(self, request: dict, content_type: str | None) -> tuple[torch.Tensor, InputGeometry] | dict:
+        """One request -> (uint8 [3, S, S] on the CPU, the photo's geometry), or its error dict."""
         try:
             return self._decode_with_pillow(extract_image_bytes(request, content_type))
         except PayloadError as exc:
             return _refusal(exc)
 
-    def _decode_with_pillow(self, data: bytes) -> torch.Tensor | dict:
-        """Image bytes -> uint8 [3, S, S] on the CPU, or the error dict naming why they are not a usable image."""
+    def _decode_with_pillow(self, data: bytes) -> tuple[torch.Tensor, InputGeometry] | dict:
+        """Image bytes -> (uint8 [3, S, S] on the CPU, how the photo as displayed maps onto it), or the error dict
+        naming why they are not a usable image."""
         try:
-            return load_image(data, self.image_size, self.max_pixels, self.model.config.resize)
+            return load_photo(data, self.image_size, self.max_pixels, self.model.config.resize)
         except ImageDecodeError as exc:
             return _refusal(exc)
 
     def preprocess(self, requests: list[dict], content_types: list[str | None]) -> tuple[torch.Tensor, list]:
-        """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: tensor or error dict).
+        """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: (tensor, geometry) or error
+        dict).
 
         With the torchvision JPEG decoder, plain JPEGs are decoded in one batched call on the model's device and
         the batch is returned there; every other request takes the Pillow lane in the thread pool.
@@ -176,7 +219,7 @@ class PhotoTaggerHandler:
             prepared = self._prepare_with_jpeg_lane(requests, content_types)
         # Pillow's images are stacked on the CPU and copied once; the JPEG lane's are already on the device.
         device = self.runtime.device if self.jpeg_decoder == "torchvision" else torch.device("cpu")
-        images = [p.to(device) for p in prepared if isinstance(p, torch.Tensor)]
+        images = [p[0].to(device) for p in prepared if isinstance(p, tuple)]
         batch = torch.stack(images) if images else self._blank_batch(0)
         return batch, prepared
 
@@ -191,26 +234,37 @@ class PhotoTaggerHandler:
         fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)]
         for index, tensor in zip(fast, decode_jpegs([payloads[i] for i in fast], self.image_size,
                                                      self.runtime.device, self.model.config.resize)):
-            prepared[index] = tensor
+            size = declared_size(payloads[index])
+            if tensor is not None and size:  # the fast lane takes upright JPEGs only: the header's size is displayed
+                prepared[index] = (tensor, InputGeometry(*size, self.image_size, self.model.config.resize))
         slow = [i for i, p in enumerate(prepared) if p is None]
         decoded = self.decoder_pool.map(self._decode_with_pillow, [payloads[i] for i in slow])
         for index, result in zip(slow, decoded):
             prepared[index] = result
         return prepared
 
-    def inference(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 [M, 3, S, S] -> float32 logits [M, num_logits] on the CPU, in one forward pass."""
+    def inference(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 [M, 3, S, S] -> (float32 logits [M, num_logits], per-cell object logits [M, K, S/16, S/16] or
+        None for a pooled-head model) on the CPU, in one forward pass."""
         if len(batch) == 0:
-            return torch.empty(0, self.taxonomy.num_logits)
+            return torch.empty(0, self.taxonomy.num_logits), None
         if self.int8 is not None:
             return self.int8(batch)
-        return predict_logits(self.forward, batch, self.runtime)
+        return predict(self.forward, batch, self.runtime)
 
-    def postprocess(self, logits: torch.Tensor, prepared: list) -> list[dict]:
-        """logits [M, num_logits] + the N preprocess entries -> N response dicts (tags or the request's error)."""
-        rows = iter(logits.tolist())
-        return [p if isinstance(p, dict) else logits_to_tags(next(rows), self.taxonomy, self.model_version)
-                for p in prepared]
+    def postprocess(self, outputs: tuple[torch.Tensor, torch.Tensor | None], prepared: list) -> list[dict]:
+        """(logits [M, num_logits], cells [M, K, h, w] or None) + the N preprocess entries -> N response dicts:
+        tags with each object's boxes (`phototag.locate.tag_photo`), or the request's error."""
+        logits, cells = outputs
+        rows = iter(zip(logits.tolist(), cells.numpy() if cells is not None else [None] * len(logits)))
+        answers = []
+        for entry in prepared:
+            if isinstance(entry, dict):
+                answers.append(entry)
+                continue
+            row, cell_row = next(rows)
+            answers.append(tag_photo(row, cell_row, self.taxonomy, self.model_version, entry[1]))
+        return answers
 
     def handle(self, data: list[dict], context) -> list[str | bytes]:
         """One TorchServe batch: N requests in, N bodies out (errors keep their slot): compact JSON, or bytes for
@@ -223,9 +277,9 @@ class PhotoTaggerHandler:
         batch, prepared = self.preprocess(requests, content_types)
         decoded = time.perf_counter()
         rescored_before = self.int8.rescored if self.int8 is not None else None
-        logits = self.inference(batch)
+        outputs = self.inference(batch)
         inferred = time.perf_counter()
-        responses = self.postprocess(logits, prepared)
+        responses = self.postprocess(outputs, prepared)
         for index, (request, response) in enumerate(zip(requests, responses)):
             context.set_response_content_type(index, "application/json")
             if "error" in response and (not isinstance(request, OipRequest) or request.binary):
@@ -249,10 +303,15 @@ class PhotoTaggerHandler:
         (`handle` sets no status for OIP requests): the error JSON is the tensor's element, and REST clients also
         find {"error", "reason", "code"} in the response's `parameters`, which both TorchServe and KServe pass on.
 
+        A tagged photo of a per-cell model gets a second output, "boxes" (`oip_box_tensor`), after "tags", so that
+        clients that read the first output, or look "tags" up by name, read what they always did; a request that
+        names its outputs gets those.
+
         A binary-extension request (`request.binary`; never from KServe's wrapper, nor from gRPC) gets OIP's error
-        body, the usual error JSON, with the 400 `handle` set; and its tags as binary data when it asks for them:
-        the JSON part, then the BYTES element behind its 4-byte length, with the JSON part's length in the
-        Inference-Header-Content-Length response header (TorchServe 0.12 passes a handler's response headers on).
+        body, the usual error JSON, with the 400 `handle` set; and the outputs it asks for as binary data: the JSON
+        part, then each binary output's data in order (a BYTES element behind its 4-byte length, FP32 values
+        little-endian), with the JSON part's length in the Inference-Header-Content-Length response header
+        (TorchServe 0.12 passes a handler's response headers on).
         """
         body = json.dumps(response, ensure_ascii=False)
         oip = request if isinstance(request, OipRequest) else read_oip(request)
@@ -268,15 +327,22 @@ class PhotoTaggerHandler:
             "model_version": self.model_version,
             "outputs": [{"name": OIP_OUTPUT, "shape": [1], "datatype": OIP_DATATYPE, "data": [body]}],
         }
+        boxes = oip_box_tensor(response, self.taxonomy)
+        if boxes is not None:
+            answer["outputs"].append(boxes)
+        answer["outputs"] = _requested_outputs(answer["outputs"], oip.document)
         if "error" in response:
             answer["parameters"] = {key: response[key] for key in ("error", "reason", "code")}
-        if not oip.binary_output(OIP_OUTPUT):
+        blobs = []
+        for output in answer["outputs"]:
+            if oip.binary_output(output["name"]):
+                blob = _binary_tensor(output)
+                del output["data"]
+                output["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+        if not blobs:
             return json.dumps(answer, ensure_ascii=False)
-        element = body.encode()
-        [output] = answer["outputs"]
-        del output["data"]
-        output["parameters"] = {"binary_data_size": 4 + len(element)}
         header = json.dumps(answer, ensure_ascii=False).encode()
         context.set_response_content_type(index, "application/octet-stream")
         context.set_response_header(index, INFERENCE_HEADER, str(len(header)))
-        return header + struct.pack("<I", len(element)) + element
+        return header + b"".join(blobs)

@@ -23,8 +23,21 @@ def batch_buckets(max_batch: int) -> list[int]:
     return buckets + [max_batch]
 
 
+def cat_outputs(chunks: list):
+    """Concatenate per-chunk outputs along the batch: tensors, or tuples of tensors (logits, cells)."""
+    if isinstance(chunks[0], torch.Tensor):
+        return torch.cat(chunks)
+    return tuple(torch.cat(parts) for parts in zip(*chunks))
+
+
+def _head(output, n: int):
+    """The first n photos of an output: a tensor or a tuple of tensors."""
+    return output[:n] if isinstance(output, torch.Tensor) else tuple(part[:n] for part in output)
+
+
 class BucketedCompiledModel:
-    """Callable like the model: float [N, 3, S, S] -> logits [N, num_logits], for any N.
+    """Callable like the model it wraps: float [N, 3, S, S] -> its output for any N (logits [N, num_logits], or
+    a `phototag.model.ServedTagger`'s (logits, cells)).
 
     Batches larger than the largest bucket are run in chunks of it.
     """
@@ -40,13 +53,13 @@ class BucketedCompiledModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         largest = self.buckets[-1]
         if len(x) > largest:
-            return torch.cat([self(chunk) for chunk in x.split(largest)])
+            return cat_outputs([self(chunk) for chunk in x.split(largest)])
         n = len(x)
         bucket = next(b for b in self.buckets if b >= n)
         if bucket > n:
             padding = x.new_zeros((bucket - n, *x.shape[1:]))
             x = torch.cat([x, padding]).contiguous(memory_format=_memory_format(x))
-        return self.compiled(x)[:n]
+        return _head(self.compiled(x), n)
 
     def warm_up(self, run_batch) -> None:
         """Compile every bucket now; `run_batch(n)` runs one forward pass of n images the way serving will."""

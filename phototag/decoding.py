@@ -120,6 +120,9 @@ __all__ = [
 # before decoding.  At 80 MP an RGB decode is ~240 MB, which a worker can
 # afford.
 MAX_PIXELS = 80_000_000
+# Key in the decoded image's `info`: (width, height) of the photo as a viewer shows it (EXIF orientation applied),
+# at full size even where draft mode decoded it smaller. Boxes are given in these pixels (phototag.locate).
+DISPLAYED_SIZE = "phototag_displayed_size"
 
 # Pillow format names of what we accept.  MPO is listed because Pillow reports
 # multi-picture JPEGs (phone portrait mode, some DJI drones) as "MPO"; they
@@ -186,6 +189,8 @@ def decode_image(
         decode time several-fold.  Ignored for other formats.  The size
         check uses the full declared size, so ``draft_size`` does not raise
         the pixel limit.
+    :returns: the image; ``image.info[DISPLAYED_SIZE]`` is the full size as
+        displayed, whatever scale draft mode decoded it at.
     :raises ImageDecodeError: for any bytes that are not a usable image.
     """
     if isinstance(data, (bytearray, memoryview)):
@@ -293,11 +298,15 @@ def _decode(
             img.draft("RGB", (side, side))
 
         img.load()
-        rgb = _to_rgb(_apply_exif_orientation(img))
+        oriented = _apply_exif_orientation(img)
+        if (oriented.width, oriented.height) != (img.width, img.height):
+            width, height = height, width  # a quarter turn: the viewer shows the photo on its side
+        rgb = _to_rgb(oriented)
 
     # Belt and braces: the caller relies on exactly this contract.
     if rgb.mode != "RGB":
         rgb = rgb.convert("RGB")
+    rgb.info[DISPLAYED_SIZE] = (width, height)
     return rgb
 
 

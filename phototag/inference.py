@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from phototag.decoding import MAX_PIXELS, decode_image
+from phototag.decoding import DISPLAYED_SIZE, MAX_PIXELS, decode_image
+from phototag.locate import InputGeometry
 from phototag.preprocessing import draft_size, normalize, resize_to_tensor
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -68,11 +69,18 @@ class Runtime:
         return f"{self.device} int8 (AOTInductor package; borderline photos: {eager})" if self.int8 else eager
 
 
-def load_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS, resize: str = "squash") -> torch.Tensor:
-    """Image file bytes -> uint8 [3, image_size, image_size] (squashed or letterboxed: `ModelConfig.resize`);
-    ImageDecodeError for anything unusable."""
+def load_photo(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS,
+               resize: str = "squash") -> tuple[torch.Tensor, InputGeometry]:
+    """Image file bytes -> (uint8 [3, image_size, image_size], squashed or letterboxed as `ModelConfig.resize`
+    says; how the photo as displayed maps onto it, for boxes). ImageDecodeError for anything unusable."""
     image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(image_size))
-    return resize_to_tensor(image, image_size, resize)
+    width, height = image.info[DISPLAYED_SIZE]
+    return resize_to_tensor(image, image_size, resize), InputGeometry(width, height, image_size, resize)
+
+
+def load_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS, resize: str = "squash") -> torch.Tensor:
+    """Image file bytes -> uint8 [3, image_size, image_size] (`load_photo` without the geometry)."""
+    return load_photo(data, image_size, max_pixels, resize)[0]
 
 
 def to_model_input(batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -90,8 +98,19 @@ def prepare_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """uint8 [N, 3, S, S] -> float32 logits [N, num_logits] on the CPU, in one forward pass."""
+def predict(model, batch: torch.Tensor, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 [N, 3, S, S] -> (float32 logits [N, num_logits], float32 per-cell object logits [N, K, S/16, S/16] or
+    None), on the CPU, in one forward pass. `model` is a served model (`phototag.model.ServedTagger`, its compiled
+    or int8 form: logits and cells) or any model giving logits alone."""
     x = to_model_input(batch, runtime)
     with runtime.autocast():
-        return model(x).float().cpu()
+        out = model(x)
+    logits, cells = out if isinstance(out, (tuple, list)) else (out, None)
+    if cells is not None and cells.shape[1] == 0:  # a pooled-head model has no map
+        cells = None
+    return logits.float().cpu(), None if cells is None else cells.float().cpu()
+
+
+def predict_logits(model, batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """uint8 [N, 3, S, S] -> float32 logits [N, num_logits] on the CPU (`predict` without the cells)."""
+    return predict(model, batch, runtime)[0]

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from phototag.inference import Runtime, predict_logits
+from phototag.compiled import cat_outputs
+from phototag.inference import Runtime, predict
 from phototag.taxonomy import SINGLE, Taxonomy
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ MAX_METRIC_CHANGE = 0.01
 MAX_BATCH = 64
 # The package takes plain fp32 NCHW input (channels_last and autocast belong to the eager model).
 INT8_INPUT = Runtime(torch.device("cpu"))
+# What a package returns (phototag.model.ServedTagger); packages built before the boxes gave logits alone.
+SERVED_OUTPUTS = "logits+cells"
 
 
 class Int8Unavailable(RuntimeError):
@@ -55,9 +58,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def build_signature(weights: str | Path) -> dict[str, str]:
-    """What the package is only valid for: this torch build, this CPU's vector instruction set, these weights."""
+    """What the package is only valid for: this torch build, this CPU's vector instruction set, these weights,
+    and what it outputs (logits and the per-cell map the boxes come from: `phototag.model.ServedTagger`)."""
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "weights_sha256": file_sha256(weights)}
+            "weights_sha256": file_sha256(weights), "outputs": SERVED_OUTPUTS}
 
 
 def _dynamic_batch():
@@ -65,8 +69,9 @@ def _dynamic_batch():
 
 
 def quantize(model: torch.nn.Module, calibration: Iterable[torch.Tensor]) -> torch.nn.Module:
-    """The eval-mode model -> its int8 PT2E graph (still runnable eagerly, slowly), with activation ranges observed
-    on `calibration`: normalised float batches [N, 3, S, S] as `phototag.inference.to_model_input` makes them."""
+    """The eval-mode served model (`phototag.model.ServedTagger`) -> its int8 PT2E graph (still runnable eagerly,
+    slowly), with activation ranges observed on `calibration`: normalised float batches [N, 3, S, S] as
+    `phototag.inference.to_model_input` makes them."""
     # torchao is needed to build a package, not to serve one.
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -97,23 +102,24 @@ def compile_package(quantized: torch.nn.Module, example: torch.Tensor, path: str
 
 
 class Int8Model:
-    """Callable like the model: float [N, 3, S, S] (NCHW) -> float32 logits [N, num_logits], for any N."""
+    """Callable like the served model (`phototag.model.ServedTagger`): float [N, 3, S, S] (NCHW) -> (float32
+    logits [N, num_logits], per-cell object logits [N, K, S/16, S/16]), for any N."""
 
     def __init__(self, runner, max_batch: int = MAX_BATCH):
         self.runner = runner
         self.max_batch = max_batch
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(x) > self.max_batch:
-            return torch.cat([self(chunk) for chunk in x.split(self.max_batch)])
-        return self.runner(x.contiguous())
+            return cat_outputs([self(chunk) for chunk in x.split(self.max_batch)])
+        return tuple(self.runner(x.contiguous()))
 
 
 def decision_margins(logits: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
     """logits [N, num_logits] -> [N]: how far, in logits, each photo's closest tag decision is from flipping.
 
     Single-choice groups: the gap between the two highest logits. Yes/no classes: the distance from the logit of
-    the class's threshold. Float32 logits, as `predict_logits` returns them.
+    the class's threshold. Float32 logits, as `predict` returns them.
     """
     margins = []
     for group in taxonomy.groups:
@@ -129,26 +135,31 @@ def decision_margins(logits: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
 
 @dataclass
 class Int8Tagger:
-    """The served int8 path: uint8 batch [N, 3, S, S] -> float32 logits [N, num_logits] on the CPU.
+    """The served int8 path: uint8 batch [N, 3, S, S] -> (float32 logits [N, num_logits], per-cell object logits
+    [N, K, S/16, S/16] or None) on the CPU, as `phototag.inference.predict` gives them.
 
-    The package scores the batch; photos with a decision within `margin` logits of flipping are scored again by
-    the eager model in `eager_runtime` (the precision the worker would serve without the package).
+    The package scores the batch; photos with a decision within `margin` logits of flipping are scored again
+    (logits and cells) by the eager served model in `eager_runtime` (the precision the worker would serve without
+    the package).
     """
     package: Int8Model
-    eager: torch.nn.Module
+    eager: torch.nn.Module  # a phototag.model.ServedTagger
     eager_runtime: Runtime
     taxonomy: Taxonomy
     margin: float
     rescored: int = 0  # photos the eager model scored again, since start (for logs and reports)
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        logits = predict_logits(self.package, batch, INT8_INPUT)
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, cells = predict(self.package, batch, INT8_INPUT)
         unsure = decision_margins(logits, self.taxonomy) < self.margin
         if unsure.any():
-            logits[unsure] = predict_logits(self.eager, batch[unsure], self.eager_runtime)
+            eager_logits, eager_cells = predict(self.eager, batch[unsure], self.eager_runtime)
+            logits[unsure] = eager_logits
+            if cells is not None:
+                cells[unsure] = eager_cells
             self.rescored += int(unsure.sum())
-        return logits
+        return logits, cells
 
 
 def load_package(path: str | Path) -> Int8Model:
@@ -165,6 +176,9 @@ def incompatibility(report: dict, weights: str | Path) -> str | None:
     built, here = report.get("built_for", {}), build_signature(weights)
     if built.get("weights_sha256") != here["weights_sha256"]:
         return "it was built from another model.pt (re-run python -m training.quantize on this run)"
+    if built.get("outputs") != here["outputs"]:
+        return ("it was built before packages gave the per-cell object map that boxes come from "
+                "(re-run python -m training.quantize on this run)")
     for key, what in (("torch", "torch"), ("cpu_capability", "CPU instruction set")):
         if built.get(key) != here[key]:
             return f"it was compiled for {what} {built.get(key)!r}, this worker has {here[key]!r}"

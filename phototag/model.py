@@ -210,6 +210,24 @@ class MultiHeadTagger(nn.Module):
         return self.forward_with_cells(images)[0]
 
 
+class ServedTagger(nn.Module):
+    """The served forward pass, one module so that torch.compile and the int8 export see both outputs:
+    images [N, 3, H, W] normalised float -> (logits [N, num_logits], per-cell object logits [N, K, H/16, W/16]).
+    A pooled-head model has no map: its cells are [N, 0, 1, 1] (`phototag.inference.predict` reads that as none).
+    """
+
+    def __init__(self, tagger: MultiHeadTagger):
+        super().__init__()
+        self.tagger = tagger
+        self.config = tagger.config
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, cells = self.tagger.forward_with_cells(images)
+        if cells is None:
+            cells = logits.new_zeros((images.shape[0], 0, 1, 1))
+        return logits, cells
+
+
 def build_model(taxonomy: Taxonomy, weights: str = "none", **config_kwargs) -> MultiHeadTagger:
     """A fresh model for `taxonomy`; weights is 'imagenet' (torchvision's weights API) or 'none' (random init)."""
     if weights not in ("imagenet", "none"):

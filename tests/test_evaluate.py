@@ -87,8 +87,13 @@ def test_in_process_evaluation_writes_metrics_pictures_and_report(local_report, 
     for name in PICTURES:
         assert_png(out / name)
     report = (out / "report.md").read_text(encoding="utf-8")
-    for word in (*SINGLE_HEADS, "objects", *OBJECTS, *PICTURES, "mean F1"):
+    for word in (*SINGLE_HEADS, "objects", *OBJECTS, *PICTURES, "mean F1", "Where the objects are"):
         assert word in report, word
+    # The boxes against the generator's: every box counted once in "all", found never above the tagged objects.
+    boxes = result["box_quality"]["objects"]
+    assert boxes["all"]["boxes"] == sum(p["boxes"] for p in boxes["all"]["objects"].values()) > 0
+    assert boxes["all"]["boxes"] >= sum(boxes[b]["boxes"] for b in ("<10%", "10-20%", ">=20%"))
+    assert 0 <= boxes["all"]["centre_inside"] <= 1 and 0 <= boxes["all"]["mean_iou"] <= 1
 
 
 def test_in_process_metrics_match_the_training_code(local_report, tiny_dataset, tiny_run):
@@ -112,6 +117,7 @@ def test_server_evaluation_gives_the_same_metrics(local_report, tiny_dataset, se
     remote = evaluate(tmp_path, tiny_dataset, *served(server))
     assert remote["source"]["mode"] == "server" and remote["source"]["model_version"] == "1.0"
     assert remote["metrics"] == local["metrics"]  # exact: every count, accuracy, macro-F1, precision, recall, F1
+    assert remote["box_quality"] == local["box_quality"]  # the same boxes, in process and as served
     for key in ("images", "listed", "skipped"):
         assert remote[key] == local[key], key
     # Server mode knows the thresholds only from the labels; the checkpoint's lie inside those intervals.

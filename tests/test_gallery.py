@@ -25,6 +25,7 @@ from phototag.labels_csv import read_labels_csv
 from phototag.taxonomy import SINGLE, Taxonomy, logits_to_tags
 from serving.ports import PortInUse, port_in_use, start_on_free_ports
 from serving.torchserve_process import REPO
+from training.boxes import read_box_sidecar
 
 TAXONOMY = Taxonomy.load()
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -105,6 +106,7 @@ def logits_for(labels: dict, unsure: str | None = None, near: str | None = None)
 def tagged(tiny_dataset, tmp_path_factory) -> Path:
     """OUT folder of 12 tagged photos (one unsure, one with an object near its threshold) and 2 refused files."""
     truth = {row.filename: row.labels for row in read_labels_csv(tiny_dataset, TAXONOMY)}
+    where = read_box_sidecar(tiny_dataset).photos
     base = tmp_path_factory.mktemp("gallery")
     root, out = base / "photos", base / "out"
     names = sorted(truth)[:12]
@@ -116,7 +118,17 @@ def tagged(tiny_dataset, tmp_path_factory) -> Path:
         objects = set(truth[source]["objects"]) | ({"dog_handler"} if k == 1 else set())
         labels = dict(truth[source], objects=sorted(objects))
         logits = logits_for(labels, unsure="season" if k == 0 else None, near="dog_handler" if k == 1 else None)
-        records.append({"file": name, "status": "ok", **logits_to_tags(logits, TAXONOMY, "1.0")})
+        answer = logits_to_tags(logits, TAXONOMY, "1.0")
+        # Boxes as the service gives them, at the generator's true places (a tag without a true box gets none).
+        photo = where[source]
+        answer["objects"]["boxes"] = {
+            label: [{"box": item["box"], "score": 0.9,
+                     "box_normalized": [item["box"][0] / photo.width, item["box"][1] / photo.height,
+                                        item["box"][2] / photo.width, item["box"][3] / photo.height]}
+                    for item in photo.objects if item["object"] == label]
+            for label in answer["objects"]["labels"]}
+        answer["image"] = {"width": photo.width, "height": photo.height}
+        records.append({"file": name, "status": "ok", **answer})
     jpeg = (tiny_dataset.parent / "images" / next(n for n in names if n.endswith(".jpg"))).read_bytes()
     for name, data in {"day2/broken.jpg": jpeg[: len(jpeg) // 2], "notes.jpg": b"route of the search party\n"}.items():
         (root / name).write_bytes(data)
@@ -291,6 +303,42 @@ def test_a_correction_is_downloaded_as_a_csv_the_training_reader_reads(browser, 
     # Corrections survive a reload (localStorage under the page's folder).
     browser.refresh()
     assert "corrected" in card(browser, UNSURE).get_attribute("class")
+
+
+def drawn_boxes(browser, frame: str) -> tuple[list[float], list[list[float]]]:
+    """(the picture's rectangle [left, top, width, height], each drawn box's [left, top, right, bottom]) in page
+    pixels, read in one script call."""
+    return browser.execute_script("""
+        const frame = document.querySelector(arguments[0]), img = frame.querySelector('img');
+        const r = img.getBoundingClientRect();
+        return [[r.left, r.top, r.width, r.height],
+                Array.from(frame.querySelectorAll('.objbox'), b => {
+                    const q = b.getBoundingClientRect(); return [q.left, q.top, q.right, q.bottom]; })];""", frame)
+
+
+def test_boxes_are_drawn_where_the_objects_are_and_can_be_hidden(browser, tagged):
+    open_page(browser, tagged)
+    data = page_data(tagged / "index.html")
+    photo = max((p for p in data["photos"] if p.get("b")), key=lambda p: len(p["b"]))
+    card(browser, photo["f"]).click()
+    WebDriverWait(browser, 10).until(lambda b: b.execute_script(
+        "const i = document.getElementById('detail-img'); return i.complete && i.naturalWidth > 0"))
+    (left, top, width, height), boxes = drawn_boxes(browser, "#detail-frame")
+    assert len(boxes) == len(photo["b"]) and width > 100
+    for (_, _, _, x0, y0, x1, y1), drawn in zip(photo["b"], boxes):
+        expected = [left + x0 * width, top + y0 * height, left + x1 * width, top + y1 * height]
+        assert drawn == pytest.approx(expected, abs=1.5), (photo["f"], drawn, expected)
+    # Unticking the object in the larger view takes its boxes off; the toggle hides all of them, on cards too.
+    first = TAXONOMY.groups[photo["b"][0][0]].classes[photo["b"][0][1]].id
+    browser.find_element("css selector", f'#detail input[data-group="objects"][data-class="{first}"]').click()
+    left_over = len(drawn_boxes(browser, "#detail-frame")[1])
+    assert left_over == sum(TAXONOMY.groups[g].classes[k].id != first for g, k, *_ in photo["b"])
+    browser.find_element("id", "detail-close").click()
+    on_cards = browser.find_elements("css selector", "#grid .card .objbox")
+    assert on_cards and all(b.is_displayed() for b in on_cards)
+    browser.find_element("id", "boxes-toggle").click()
+    assert not any(b.is_displayed() for b in browser.find_elements("css selector", "#grid .card .objbox"))
+    browser.find_element("id", "boxes-toggle").click()
 
 
 def test_ten_thousand_photos_are_drawn_a_page_at_a_time(browser, tmp_path):

@@ -13,6 +13,7 @@ from PIL import Image
 from ts.context import Context, RequestProcessor
 
 from handler.tagger_handler import PhotoTaggerHandler
+from phototag.locate import InputGeometry
 from phototag.preprocessing import resize_to_tensor
 from phototag.taxonomy import Taxonomy, TaxonomyError
 from serving.torchserve_process import REPO
@@ -88,8 +89,13 @@ def test_preprocess_and_inference_shapes(handler, sample_images):
     batch, prepared = handler.preprocess([{"body": sample_images[0]}, {"body": b"x"}], [None, None])
     assert batch.shape == (1, 3, 64, 64) and batch.dtype.is_floating_point is False
     assert isinstance(prepared[1], dict)
-    logits = handler.inference(batch)
+    logits, cells = handler.inference(batch)
     assert logits.shape == (1, handler.taxonomy.num_logits)
+    assert cells.shape == (1, 8, 4, 4)  # the per-cell map (stride 16) the boxes come from
+    assert isinstance(prepared[0][1], InputGeometry)
+    answer = handler.postprocess((logits, cells), prepared)[0]
+    assert answer["image"] == dict(zip(("width", "height"), Image.open(io.BytesIO(sample_images[0])).size))
+    assert set(answer["objects"]["boxes"]) == set(answer["objects"]["labels"])
     assert handler.model.config.resize == "letterbox"  # the tiny run's: not the default, so this checks the handler
     expected = resize_to_tensor(Image.open(io.BytesIO(sample_images[0])).convert("RGB"), 64, "letterbox")
     assert batch[0].float().sub(expected.float()).abs().mean() < 2.0  # the training-time path, same pixels

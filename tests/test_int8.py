@@ -19,7 +19,7 @@ import yaml
 from client.auth import bearer
 from loadtests.bench import load_handler
 from phototag.checkpoint import load_model
-from phototag.inference import Runtime, predict_logits, prepare_model
+from phototag.inference import Runtime, predict, predict_logits, prepare_model
 from phototag.int8 import (
     INT8_INPUT,
     MAX_BATCH,
@@ -33,6 +33,7 @@ from phototag.int8 import (
     load_package,
 )
 from phototag.int8 import select_int8 as select
+from phototag.model import ServedTagger
 from phototag.taxonomy import MULTI, SINGLE, Taxonomy
 from serving.torchserve_process import REPO, TorchServe
 from tests.conftest import PYTHON, run
@@ -119,10 +120,14 @@ def test_borderline_photos_are_scored_again_by_the_eager_model(int8_run, sample_
     handler = load_handler(int8_run, {"precision": "fp32", "decode_threads": 1}, 8)
     batch, _ = handler.preprocess([{"body": b} for b in sample_images[:6]], [None] * 6)
     prepare_model(model, eager_runtime)
-    eager = predict_logits(model, batch, eager_runtime)
-    never, always = (Int8Tagger(package, model, eager_runtime, taxonomy, m) for m in (0.0, 1e9))
-    assert torch.equal(never(batch), predict_logits(package, batch, INT8_INPUT)) and never.rescored == 0
-    assert torch.equal(always(batch), eager) and always.rescored == 6
+    served = ServedTagger(model)
+    eager_logits, eager_cells = predict(served, batch, eager_runtime)
+    never, always = (Int8Tagger(package, served, eager_runtime, taxonomy, m) for m in (0.0, 1e9))
+    package_logits, package_cells = predict(package, batch, INT8_INPUT)
+    logits, cells = never(batch)
+    assert torch.equal(logits, package_logits) and torch.equal(cells, package_cells) and never.rescored == 0
+    logits, cells = always(batch)
+    assert torch.equal(logits, eager_logits) and torch.equal(cells, eager_cells) and always.rescored == 6
 
 
 def test_package_answers_like_the_eager_model(int8_run, sample_images):
@@ -134,13 +139,15 @@ def test_package_answers_like_the_eager_model(int8_run, sample_images):
     images = (sample_images * 3)[:MAX_BATCH + 3] + [b"not an image"]
     rows = [{"body": b} for b in images]
     batch, prepared = int8.preprocess(rows, [None] * len(rows))
-    int8_logits, eager_logits = int8.inference(batch), eager.inference(batch)
+    (int8_logits, int8_cells), (eager_logits, eager_cells) = int8.inference(batch), eager.inference(batch)
     assert int8_logits.shape == eager_logits.shape == (MAX_BATCH + 3, 20)
-    assert torch.equal(int8.inference(batch[:1]), int8_logits[:1])  # batch 1 and the chunked batch agree
-    error = (int8_logits - eager_logits).abs().mean() / eager_logits.std()
-    assert error < 0.25, f"int8 logits off by {error:.2f} of the logits' spread"
-    answers = int8.postprocess(int8_logits, prepared)
-    assert answers[-1]["code"] == 400 and all("tags" in a for a in answers[:-1])
+    assert int8_cells.shape == eager_cells.shape == (MAX_BATCH + 3, 8, 4, 4)  # the map the boxes come from
+    assert torch.equal(int8.inference(batch[:1])[0], int8_logits[:1])  # batch 1 and the chunked batch agree
+    for mine, reference in ((int8_logits, eager_logits), (int8_cells, eager_cells)):
+        error = (mine - reference).abs().mean() / reference.std()
+        assert error < 0.25, f"int8 output off by {error:.2f} of the eager output's spread"
+    answers = int8.postprocess((int8_logits, int8_cells), prepared)
+    assert answers[-1]["code"] == 400 and all("tags" in a and "boxes" in a["objects"] for a in answers[:-1])
 
 
 def test_worker_choice_of_precision(int8_run, tiny_run, tmp_path):
@@ -165,7 +172,8 @@ def test_worker_choice_of_precision(int8_run, tiny_run, tmp_path):
 
     for key, value, why in (("weights_sha256", "0" * 64, "another model.pt"),
                             ("cpu_capability", "SOMETHING_ELSE", "CPU instruction set"),
-                            ("torch", "0.0.1", "torch")):
+                            ("torch", "0.0.1", "torch"),
+                            ("outputs", None, "per-cell object map")):  # a package from before the boxes
         stale = {**report, "built_for": {**report["built_for"], key: value}, "check": {"passed": True}}
         assert why in incompatibility(stale, weights)
         (folder / REPORT_FILE).write_text(json.dumps(stale))

@@ -29,6 +29,7 @@ import requests
 import yaml
 
 from client.auth import bearer, read_key
+from client.grpc_client import GrpcTagger
 from serving.kserve_bundle import KSERVE_MODEL_STORE, parse_properties
 from serving.ports import PortInUse, free_ports, port_in_use, start_on_free_ports
 from serving.process_group import stop_process_group
@@ -39,7 +40,8 @@ from tests.conftest import PYTHON, run
 DEPLOY = REPO / "deploy" / "kserve"
 GPU_MODEL_CONFIG = DEPLOY / "model-config.gpu.yaml"
 KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
-GROUPS = {"time_of_day", "season", "terrain", "objects", "tags", "model_version"}
+GROUPS = {"time_of_day", "season", "terrain", "objects", "tags", "model_version", "image"}
+OBJECTS = ["aviation", "cars", "drone", "diver", "dog_handler", "horses", "hugs", "sherp"]  # the taxonomy's order
 # The label that keeps an InferenceService off the public gateway, by the deployment mode that reads it: Knative
 # (Serverless) reads its own label, KServe's RawDeployment / Gateway API mode reads KServe's (KServe PR #2518).
 VISIBILITY_LABEL = {"Serverless": "networking.knative.dev/visibility",
@@ -67,12 +69,21 @@ def oip_request(image: bytes, request_id: str | None = None, name: str = "image"
 
 
 def oip_tags(answer: dict) -> dict:
-    """The tag (or error) JSON inside an OIP answer, after checking the answer's OIP shape."""
+    """The tag (or error) JSON inside an OIP answer, after checking the answer's OIP shape: "tags" first (clients
+    that read the first output keep working), and for a tagged photo the "boxes" output after it."""
     assert answer["model_name"] == "tagger" and answer["model_version"] == "1.0" and answer["id"]
-    [output] = answer["outputs"]
+    output, *others = answer["outputs"]
     assert (output["name"], output["datatype"], output["shape"]) == ("tags", "BYTES", [1])
     [element] = output["data"]
-    return json.loads(element)
+    tags = json.loads(element)
+    assert [o["name"] for o in others] == ([] if "error" in tags or "image" not in tags else ["boxes"])
+    return tags
+
+
+def box_rows(answer: dict) -> list[list[float]]:
+    """The rows the OIP "boxes" output should hold for a tag answer: [object index, score, x0, y0, x1, y1]."""
+    return [[float(k), box["score"], *box["box"]] for k, label in enumerate(OBJECTS)
+            for box in answer["objects"]["boxes"].get(label, ())]
 
 
 # ---- manifests and configuration (offline) -------------------------------------------------------------------------
@@ -456,7 +467,7 @@ def test_grpc_model_infer_gives_the_tags_of_predictions(servers, sample_images, 
                                metadata=metadata, timeout=60)
 
     def tag_json(reply) -> dict:
-        [output] = reply.outputs
+        output = reply.outputs[0]
         assert (output.name, output.datatype, list(output.shape)) == ("tags", "BYTES", [1])
         [element] = output.contents.bytes_contents
         # TorchServe 0.12 writes each BYTES element with gson's JsonElement.toString(): the JSON string the handler
@@ -485,6 +496,39 @@ def test_grpc_model_infer_gives_the_tags_of_predictions(servers, sample_images, 
         with pytest.raises(grpc.RpcError) as info:
             infer(stub, sample_images[3])
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.server
+def test_one_photo_gets_the_same_boxes_over_rest_grpc_and_oip(servers, sample_images, oip_stubs):
+    """REST Predictions, gRPC Predictions, OIP over REST and OIP's gRPC ModelInfer: the same boxes, in the tag
+    JSON each carries and, for OIP, in the FP32 "boxes" output as well."""
+    server, _ = servers
+    pb2, pb2_grpc = oip_stubs
+    answers = [(image, predictions(server, image)) for image in sample_images[:8]]
+    image, rest = next(((i, a) for i, a in answers if a["objects"]["boxes"]), (None, None))
+    assert rest is not None, "the tiny model tagged no object on 8 photos: nothing to compare"
+    expected = rest["objects"]["boxes"]
+
+    with GrpcTagger(server.grpc_target, server.key_file) as tagger:
+        assert tagger.tag(image)["objects"]["boxes"] == expected
+
+    answer = requests.post(f"{server.inference_url}/v2/models/tagger/infer", json=oip_request(image),
+                           headers=bearer("inference", server.key_file), timeout=60).json()
+    assert oip_tags(answer)["objects"]["boxes"] == expected
+    boxes = answer["outputs"][1]
+    assert (boxes["datatype"], boxes["shape"]) == ("FP32", [len(box_rows(rest)), 6])
+    assert boxes["data"] == pytest.approx([v for row in box_rows(rest) for v in row], abs=1e-3)
+
+    metadata = (("authorization", f"Bearer {read_key('inference', server.key_file)}"),)
+    tensor = pb2.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(image)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        reply = pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb2.ModelInferRequest(model_name="tagger", inputs=[tensor]), metadata=metadata, timeout=60)
+    tags, boxes = reply.outputs
+    assert json.loads(json.loads(tags.contents.bytes_contents[0]))["objects"]["boxes"] == expected
+    assert (boxes.name, boxes.datatype, list(boxes.shape)) == ("boxes", "FP32", [len(box_rows(rest)), 6])
+    assert list(boxes.contents.fp32_contents) == pytest.approx([v for row in box_rows(rest) for v in row], abs=1e-2)
 
 
 @pytest.mark.server

@@ -26,10 +26,10 @@ from client.auth import bearer
 from phototag.payload import INFERENCE_HEADER
 from serving.kserve_bundle import parse_properties
 from tests.conftest import PYTHON, run
-from tests.test_kserve import GPU_MODEL_CONFIG, start_bundle_server, start_wrapper, stop_process_group
+from tests.test_kserve import GPU_MODEL_CONFIG, box_rows, start_bundle_server, start_wrapper, stop_process_group
 
 pytestmark = pytest.mark.server
-GROUPS = {"time_of_day", "season", "terrain", "objects", "tags", "model_version"}
+GROUPS = {"time_of_day", "season", "terrain", "objects", "tags", "model_version", "image"}
 
 
 def triton_client(url: str, concurrency: int = 1) -> triton.InferenceServerClient:
@@ -125,12 +125,20 @@ def test_binary_mode_gives_the_tags_of_predictions_in_the_encoding_asked_for(ser
     client = triton_client(server.inference_url)
     image = sample_images[2]
     plain = predictions(server, image)
+    rows = box_rows(plain)
     for outputs, binary in ((None, True), (tags_output(True), True), (tags_output(False), False)):
         result = client.infer("tagger", [image_input(image, binary=True)], outputs=outputs, headers=token(server))
         assert sent_binary(result) is binary, result.get_response()
         tags = tag_json(result)
         assert tags["tags"] == plain["tags"]
         assert tags["season"]["scores"] == pytest.approx(plain["season"]["scores"], abs=1e-4)
+        # The boxes as a standard client reads them: an FP32 [n, 6] array; only "tags" when only that was named.
+        boxes = result.as_numpy("boxes")
+        if outputs is None:
+            assert boxes.dtype == np.float32 and boxes.shape == (len(rows), 6)
+            assert boxes.ravel().tolist() == pytest.approx([v for row in rows for v in row], abs=1e-3)
+        else:
+            assert boxes is None
     # The binary answer as it travels: TorchServe passes the handler's Inference-Header-Content-Length on.
     body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                                    "parameters": {"binary_data_size": 4 + len(image)}}],
@@ -140,9 +148,15 @@ def test_binary_mode_gives_the_tags_of_predictions_in_the_encoding_asked_for(ser
                         headers={**token(server), INFERENCE_HEADER: str(len(body))})
     assert raw.status_code == 200, raw.text[:300]
     length = int(raw.headers[INFERENCE_HEADER])
-    header, element = json.loads(raw.content[:length]), raw.content[length + 4:]
-    assert header["outputs"][0]["parameters"]["binary_data_size"] == 4 + len(element)
+    header = json.loads(raw.content[:length])
+    assert [o["name"] for o in header["outputs"]] == ["tags", "boxes"]
+    tags_size, boxes_size = (o["parameters"]["binary_data_size"] for o in header["outputs"])
+    assert length + tags_size + boxes_size == len(raw.content)
+    element = raw.content[length + 4:length + tags_size]
+    assert int.from_bytes(raw.content[length:length + 4], "little") == len(element)
     assert json.loads(element)["tags"] == plain["tags"]
+    boxes = np.frombuffer(raw.content[length + tags_size:], dtype="<f4")
+    assert boxes.tolist() == pytest.approx([v for row in rows for v in row], abs=1e-3)
 
 
 def test_refused_photos_keep_the_oip_error_contract_of_their_mode(server, sample_images):

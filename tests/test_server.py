@@ -3,19 +3,21 @@ REST and gRPC inference, batching, bad input inside a concurrent burst, manageme
 from __future__ import annotations
 
 import base64
+import io
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 import requests
+from PIL import Image
 
 from client.auth import bearer
 from client.grpc_client import GrpcTagger
 from client.rest import ServiceError, call, tag_image
 
 pytestmark = pytest.mark.server
-GROUPS = {"time_of_day", "season", "terrain", "objects", "tags", "model_version"}
+GROUPS = {"time_of_day", "season", "terrain", "objects", "tags", "model_version", "image"}
 # TorchServe 0.12's answer to a missing, wrong or expired token on every API (never 401).
 KEY_REFUSED = {"code": 400, "type": "InvalidKeyException",
                "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"}
@@ -49,6 +51,17 @@ def test_rest_single_image_has_the_documented_shape(server, sample_images):
     assert set(result["time_of_day"]["scores"]) == {"unknown", "day", "night", "twilight"}
     assert len(result["objects"]["scores"]) == 8
     assert all(0.0 <= v <= 1.0 for v in result["objects"]["scores"].values())
+    # Where each tagged object is, in the photo's own pixels (and normalised to 0-1).
+    width, height = Image.open(io.BytesIO(sample_images[0])).size
+    assert result["image"] == {"width": width, "height": height}
+    assert set(result["objects"]["boxes"]) == set(result["objects"]["labels"])
+    for boxes in result["objects"]["boxes"].values():
+        assert boxes
+        for box in boxes:
+            x0, y0, x1, y1 = box["box"]
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and 0 < box["score"] <= 1
+            assert box["box_normalized"] == pytest.approx([x0 / width, y0 / height, x1 / width, y1 / height],
+                                                          abs=1e-3)
 
 
 def test_requests_without_a_valid_token_are_refused(server, sample_images):

@@ -26,7 +26,7 @@ from tests.conftest import PYTHON, run
 from training.synth import render_jpegs
 
 TAXONOMY = Taxonomy.load()
-ANSWER_KEYS = {"file", "status", "time_of_day", "season", "terrain", "objects", "tags", "model_version"}
+ANSWER_KEYS = {"file", "status", "time_of_day", "season", "terrain", "objects", "tags", "model_version", "image"}
 REFUSED = {"day2/broken.jpg": "truncated", "day2/fake.jpg": "not_an_image"}
 
 

@@ -3,11 +3,11 @@
     python -m training.evaluate --data data/demo/holdout/labels.csv --checkpoint runs/demo/model.pt --out reports/eval
     python -m training.evaluate --data data/demo/holdout/labels.csv --server http://127.0.0.1:8080 --out reports/eval
 
-Both modes go through the service's answer: per image the tag JSON of `phototag.taxonomy.logits_to_tags`. In
-process, each file is decoded, resized and normalised exactly as handler/tagger_handler.py does and the model's
-logits become that JSON; with --server the JSON comes from POST /predictions/tagger. Every metric is computed from
-those answers alone (single-choice labels, object labels, object scores rounded as served), so the two modes give
-the same numbers for the same model and data.
+Both modes go through the service's answer: per image the tag JSON of `phototag.locate.tag_photo` (tags, and each
+object's boxes). In process, each file is decoded, resized and normalised exactly as handler/tagger_handler.py does
+and the model's logits and per-cell map become that JSON; with --server the JSON comes from POST
+/predictions/tagger. Every metric is computed from those answers alone (single-choice labels, object labels,
+object scores rounded as served, boxes), so the two modes give the same numbers for the same model and data.
 
 Writes into --out: metrics.json, confusion_matrices.png, pr_curves.png, worst_images.png and report.md.
 """
@@ -30,10 +30,13 @@ from client.auth import DEFAULT_KEY_FILE, KeyFileError
 from client.rest import ServiceError, tag_image
 from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
-from phototag.inference import PRECISIONS, Runtime, load_image, predict_logits, prepare_model
+from phototag.inference import PRECISIONS, Runtime, load_photo, predict, prepare_model
 from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv, split_missing
-from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError, logits_to_tags
+from phototag.locate import tag_photo
+from phototag.model import ServedTagger
+from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, SINGLE, Taxonomy, TaxonomyError
 from training import report
+from training.box_quality import box_quality, format_box_quality
 from training.boxes import read_object_boxes
 from training.metrics import metrics_from_predictions, pr_curve
 from training.object_sizes import breakdown_by_size, format_breakdown, object_sizes
@@ -66,15 +69,16 @@ def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxono
                         workers: int = 2, max_pixels: int = MAX_PIXELS,
                         ) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
     """Answers of a model (from `load_model`) for every readable listed image, computed as the handler does:
-    phototag.inference.load_image, one batched forward pass (predict_logits) in eval mode, logits_to_tags."""
+    phototag.inference.load_photo, one batched forward pass (predict) in eval mode, tag_photo."""
     runtime = Runtime.resolve(device, precision)  # as the handler resolves its defaults
     prepare_model(model, runtime)
+    served = ServedTagger(model)
     image_size = model.config.image_size
     present, skipped = split_missing(rows, image_dir)
 
-    def prepare(row: LabeledImage) -> torch.Tensor | str:
+    def prepare(row: LabeledImage) -> tuple | str:
         try:
-            return load_image((image_dir / row.filename).read_bytes(), image_size, max_pixels, model.config.resize)
+            return load_photo((image_dir / row.filename).read_bytes(), image_size, max_pixels, model.config.resize)
         except (ImageDecodeError, OSError) as exc:
             return str(exc)
 
@@ -83,16 +87,17 @@ def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxono
         for start in range(0, len(present), batch_size):
             chunk = present[start:start + batch_size]
             prepared = list(pool.map(prepare, chunk))
-            good = [(row, t) for row, t in zip(chunk, prepared) if isinstance(t, torch.Tensor)]
+            good = [(row, t) for row, t in zip(chunk, prepared) if isinstance(t, tuple)]
             for row, t in zip(chunk, prepared):
                 if isinstance(t, str):
                     skipped[row.filename] = f"unreadable image: {t}"
             if not good:
                 continue
-            logits = predict_logits(model, torch.stack([t for _, t in good]), runtime)
-            for (row, _), values in zip(good, logits.tolist()):
+            logits, cells = predict(served, torch.stack([image for _, (image, _) in good]), runtime)
+            for index, (row, (_, geometry)) in enumerate(good):
                 kept.append(row)
-                answers.append(logits_to_tags(values, taxonomy, IN_PROCESS_VERSION))
+                cell_map = None if cells is None else cells[index].numpy()
+                answers.append(tag_photo(logits[index].tolist(), cell_map, taxonomy, IN_PROCESS_VERSION, geometry))
     return kept, answers, skipped
 
 
@@ -276,6 +281,12 @@ def summarise(ev: Evaluation, worst_count: int = 12) -> dict:
         truth, pred, _ = parts[group.name]
         sizes = object_sizes([r.filename for r in ev.rows], group.class_ids, boxes)
         by_size[group.name] = breakdown_by_size(truth, pred, sizes, group.class_ids)
+    box_figures = {}
+    for group in ev.taxonomy.multi_groups if boxes else ():
+        answers = [None if "error" in a else a[group.name] for a in ev.answers]
+        quality = box_quality([r.filename for r in ev.rows], answers, boxes, group.class_ids)
+        if quality is not None:
+            box_figures[group.name] = quality
     return {
         "source": ev.source,
         "data": {"csv": str(ev.data), "images": str(ev.image_dir)},
@@ -295,6 +306,7 @@ def summarise(ev: Evaluation, worst_count: int = 12) -> dict:
                     for cls, c in curves.items()},
         "pr_curves": curves,
         "by_object_size": by_size,
+        "box_quality": box_figures,
         "worst_images": worst_images(ev.rows, ev.answers, ev.taxonomy, worst_count),
     }
 
@@ -319,6 +331,10 @@ def format_summary(result: dict, taxonomy: Taxonomy) -> str:
     lines.append(f"  mean object F1 (headline): {m['mean_object_f1']:.4f}")
     for breakdown in result.get("by_object_size", {}).values():
         lines += format_breakdown(breakdown)
+    for quality in result.get("box_quality", {}).values():
+        lines.append("  where the objects are (boxes against the true boxes; found: true objects on photos tagged "
+                     "with them that got a box)")
+        lines += format_box_quality(quality)
     return "\n".join(lines)
 
 

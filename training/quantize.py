@@ -40,6 +40,7 @@ from phototag.int8 import (
     load_package,
     quantize,
 )
+from phototag.model import ServedTagger
 from phototag.taxonomy import SINGLE, Taxonomy, logits_to_tags
 from training.data import InMemoryDataset, load_labeled_folder
 from training.metrics import evaluate_logits
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(tuning)} (seed {args.tune_seed}), checking on {len(check)} photos "
               f"({args.check_data or f'synthetic, seed {args.check_seed}'})", flush=True)
         batches = [to_model_input(b, INT8_INPUT) for b in calibration.images.split(args.batch_size)]
-        package = compile_package(quantize(model, batches), batches[0], tmp / PACKAGE_FILE)
+        served_model = ServedTagger(model)
+        package = compile_package(quantize(served_model, batches), batches[0], tmp / PACKAGE_FILE)
         build_seconds = time.perf_counter() - started
         int8 = load_package(package)
 
@@ -179,12 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                                       served_logits(package_alone, tuning.images, args.batch_size), taxonomy)
         print(f"re-scoring margin {margin} logits: {100 * tuned['rescored_share']:.1f}% of the tuning photos "
               f"re-scored, {100 * tuned['tag_agreement']:.1f}% identical tags", flush=True)
-        served = Int8Tagger(int8, model, reference, taxonomy, margin)
+        int8_tagger = Int8Tagger(int8, served_model, reference, taxonomy, margin)
+
+        def served(batch):
+            return int8_tagger(batch)[0]
+
         eager_logits = served_logits(eager, check.images, args.batch_size)
         int8_logits = served_logits(served, check.images, args.batch_size)
         targets = {k: v.numpy() for k, v in check.targets.items()}
         result = {**compare(eager_logits, int8_logits, targets, taxonomy),
-                  "rescored_share": round(served.rescored / len(check), 4)}
+                  "rescored_share": round(int8_tagger.rescored / len(check), 4)}
         print(f"{'passed' if result['passed'] else 'FAILED'}: {result['verdict']}; "
               f"{100 * result['rescored_share']:.1f}% re-scored", flush=True)
 

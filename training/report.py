@@ -229,6 +229,7 @@ def write_report_md(result: dict, taxonomy: Taxonomy, figures: dict[str, Path], 
               "Precision-recall curves from the object scores; the red point is the operating point of the "
               "threshold in use (the precision and recall in the table).", ""]
     lines += _size_breakdown_lines(result.get("by_object_size", {}))
+    lines += _box_quality_lines(result.get("box_quality", {}))
     lines += ["## Worst-classified images", "",
               f"![Worst-classified images]({Path(figures['worst']).name})", "",
               "| # | file | wrong | what | mean true-class probability |", "|---|---|---|---|---|"]
@@ -266,6 +267,32 @@ def _size_breakdown_lines(by_size: dict) -> list[str]:
         for cls in objects:
             lines.append(f"| {cls} | " + " | ".join(cell(buckets[b]["objects"][cls]) for b in names) + " |")
         lines.append(f"| **all {group}** | " + " | ".join(cell(buckets[b]) for b in names) + " |")
+        lines.append("")
+    return lines
+
+
+def _box_quality_lines(quality: dict) -> list[str]:
+    """report.md's table of how well the served boxes say where the objects are (training/box_quality.py)."""
+    if not quality:
+        return []
+    lines = ["## Where the objects are", "",
+             "Each served box against the generator's boxes: **centre inside** is the share of boxes whose centre "
+             "lies in a true box of the same object, **IoU** the mean overlap with the best-matching true box (0 "
+             "where there is none), **found** the share of true objects, on photos tagged with that object, that "
+             "got a box centred on them. Rows by the size of the true object (share of the short side); boxes on "
+             "photos without the object count only in *all*.", ""]
+
+    def figure(value) -> str:
+        return "–" if value is None else f"{value:.2f}"
+    for group, buckets in quality.items():
+        lines += ["| object | size | boxes | centre inside | IoU | true objects | found |",
+                  "|---|---|---|---|---|---|---|"]
+        for bucket, part in buckets.items():
+            lines.append(f"| **all {group}** | {bucket} | {part['boxes']} | {figure(part['centre_inside'])} | "
+                         f"{figure(part['mean_iou'])} | {part['true_objects']} | {figure(part['found'])} |")
+        for cls, part in buckets["all"]["objects"].items():
+            lines.append(f"| {cls} | all | {part['boxes']} | {figure(part['centre_inside'])} | "
+                         f"{figure(part['mean_iou'])} | {part['true_objects']} | {figure(part['found'])} |")
         lines.append("")
     return lines
 
