@@ -37,7 +37,7 @@ from phototag.compiled import BucketedCompiledModel
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
 from phototag.handler_settings import HandlerSettings
 from phototag.headers import declared_size
-from phototag.inference import Runtime, load_photo, predict, prepare_model
+from phototag.inference import PreparedPhoto, Runtime, load_photo, predict, predict_object_map, prepare_model
 from phototag.int8 import select_int8
 from phototag.jpeg_batch import choose_jpeg_decoder, decode_jpegs, fits_fast_lane
 from phototag.locate import InputGeometry, tag_photo
@@ -135,6 +135,7 @@ class PhotoTaggerHandler:
         self.model_version = "unknown"
         self.image_size = 0
         self.max_pixels = MAX_PIXELS
+        self.big_photos = None  # phototag.inference.BigPhotos when the big-photo mode is on
         self.decoder_pool: ThreadPoolExecutor | None = None
 
     def initialize(self, context):
@@ -159,14 +160,16 @@ class PhotoTaggerHandler:
                                 self.runtime, taxonomy)
         self.image_size = self.model.config.image_size
         self.max_pixels = settings.max_pixels
+        self.big_photos = settings.big_photos() if self.model.config.object_head == "cells" else None
         self.jpeg_decoder = choose_jpeg_decoder(settings.jpeg_decoder, self.runtime.device)
         self.decoder_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.model_version = str(context.manifest.get("model", {}).get("modelVersion", "unknown"))
         self._set_up_forward(settings.compile, int(model_config.get("batchSize", 1)))
         log.info("tagger %s ready on %s, JPEGs decoded by %s: %d logits, input %d px (%s), object head %s "
-                 "(pooling %s), groups %s", self.model_version, self.runtime.describe(), self.jpeg_decoder,
-                 self.taxonomy.num_logits, self.image_size, self.model.config.resize, self.model.config.object_head,
-                 self.model.config.object_pooling, list(self.taxonomy.head_sizes))
+                 "(pooling %s), groups %s, big photos %s", self.model_version, self.runtime.describe(),
+                 self.jpeg_decoder, self.taxonomy.num_logits, self.image_size, self.model.config.resize,
+                 self.model.config.object_head, self.model.config.object_pooling, list(self.taxonomy.head_sizes),
+                 self.big_photos or "off")
         self.initialized = True
 
     def _set_up_forward(self, compile_mode, max_batch: int) -> None:
@@ -191,24 +194,24 @@ class PhotoTaggerHandler:
     def _blank_batch(self, n: int) -> torch.Tensor:
         return torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8)
 
-    def _prepare_one(self, request: dict, content_type: str | None) -> tuple[torch.Tensor, InputGeometry] | dict:
-        """One request -> (uint8 [3, S, S] on the CPU, the photo's geometry), or its error dict."""
+    def _prepare_one(self, request: dict, content_type: str | None) -> PreparedPhoto | dict:
+        """One request -> the decoded photo (uint8 [3, S, S] on the CPU and its geometry; for a big photo also its
+        larger input), or its error dict."""
         try:
             return self._decode_with_pillow(extract_image_bytes(request, content_type))
         except PayloadError as exc:
             return _refusal(exc)
 
-    def _decode_with_pillow(self, data: bytes) -> tuple[torch.Tensor, InputGeometry] | dict:
-        """Image bytes -> (uint8 [3, S, S] on the CPU, how the photo as displayed maps onto it), or the error dict
-        naming why they are not a usable image."""
+    def _decode_with_pillow(self, data: bytes) -> PreparedPhoto | dict:
+        """Image bytes -> the decoded photo (`phototag.inference.load_photo`), or the error dict naming why they
+        are not a usable image."""
         try:
-            return load_photo(data, self.image_size, self.max_pixels, self.model.config.resize)
+            return load_photo(data, self.image_size, self.max_pixels, self.model.config.resize, self.big_photos)
         except ImageDecodeError as exc:
             return _refusal(exc)
 
     def preprocess(self, requests: list[dict], content_types: list[str | None]) -> tuple[torch.Tensor, list]:
-        """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: (tensor, geometry) or error
-        dict).
+        """N requests -> (uint8 batch [M, 3, S, S] of the M decodable ones, N entries: PreparedPhoto or error dict).
 
         With the torchvision JPEG decoder, plain JPEGs are decoded in one batched call on the model's device and
         the batch is returned there; every other request takes the Pillow lane in the thread pool.
@@ -219,7 +222,7 @@ class PhotoTaggerHandler:
             prepared = self._prepare_with_jpeg_lane(requests, content_types)
         # Pillow's images are stacked on the CPU and copied once; the JPEG lane's are already on the device.
         device = self.runtime.device if self.jpeg_decoder == "torchvision" else torch.device("cpu")
-        images = [p[0].to(device) for p in prepared if isinstance(p, tuple)]
+        images = [p.image.to(device) for p in prepared if isinstance(p, PreparedPhoto)]
         batch = torch.stack(images) if images else self._blank_batch(0)
         return batch, prepared
 
@@ -231,39 +234,51 @@ class PhotoTaggerHandler:
                 payloads[index] = extract_image_bytes(request, content_type)
             except PayloadError as exc:
                 prepared[index] = _refusal(exc)
-        fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)]
+        fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)
+                and not self._is_big(data)]
         for index, tensor in zip(fast, decode_jpegs([payloads[i] for i in fast], self.image_size,
                                                      self.runtime.device, self.model.config.resize)):
             size = declared_size(payloads[index])
             if tensor is not None and size:  # the fast lane takes upright JPEGs only: the header's size is displayed
-                prepared[index] = (tensor, InputGeometry(*size, self.image_size, self.model.config.resize))
+                prepared[index] = PreparedPhoto(tensor, InputGeometry(*size, self.image_size,
+                                                                      self.model.config.resize))
         slow = [i for i, p in enumerate(prepared) if p is None]
         decoded = self.decoder_pool.map(self._decode_with_pillow, [payloads[i] for i in slow])
         for index, result in zip(slow, decoded):
             prepared[index] = result
         return prepared
 
-    def inference(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 [M, 3, S, S] -> (float32 logits [M, num_logits], per-cell object logits [M, K, S/16, S/16] or
-        None for a pooled-head model) on the CPU, in one forward pass."""
-        if len(batch) == 0:
-            return torch.empty(0, self.taxonomy.num_logits), None
-        if self.int8 is not None:
-            return self.int8(batch)
-        return predict(self.forward, batch, self.runtime)
+    def _is_big(self, data: bytes) -> bool:
+        size = declared_size(data) if self.big_photos else None
+        return bool(size) and self.big_photos.verdict(*size)[0]
 
-    def postprocess(self, outputs: tuple[torch.Tensor, torch.Tensor | None], prepared: list) -> list[dict]:
-        """(logits [M, num_logits], cells [M, K, h, w] or None) + the N preprocess entries -> N response dicts:
-        tags with each object's boxes (`phototag.locate.tag_photo`), or the request's error."""
-        logits, cells = outputs
+    def inference(self, batch: torch.Tensor, closer: torch.Tensor | None = None) -> tuple:
+        """uint8 [M, 3, S, S] -> (float32 logits [M, num_logits], per-cell object logits [M, K, S/16, S/16] or
+        None for a pooled-head model) on the CPU, in one forward pass; with `closer`, the big photos' larger inputs
+        uint8 [M', 3, B, B], also their object maps [M', K, B/16, B/16] (the eager model: the int8 package and the
+        compiled graph are built for S), else None."""
+        if len(batch) == 0:
+            return torch.empty(0, self.taxonomy.num_logits), None, None
+        logits, cells = self.int8(batch) if self.int8 is not None else predict(self.forward, batch, self.runtime)
+        closer_cells = None if closer is None else predict_object_map(self.served, closer, self.runtime)
+        return logits, cells, closer_cells
+
+    def postprocess(self, outputs: tuple, prepared: list) -> list[dict]:
+        """(logits [M, num_logits], cells [M, K, h, w] or None, big photos' maps [M', K, h', w'] or None) + the N
+        preprocess entries -> N response dicts: tags with each object's boxes (`phototag.locate.tag_photo`), or
+        the request's error."""
+        logits, cells, closer_cells = outputs
         rows = iter(zip(logits.tolist(), cells.numpy() if cells is not None else [None] * len(logits)))
+        closer_rows = iter(closer_cells.numpy() if closer_cells is not None else ())
         answers = []
         for entry in prepared:
             if isinstance(entry, dict):
                 answers.append(entry)
                 continue
             row, cell_row = next(rows)
-            answers.append(tag_photo(row, cell_row, self.taxonomy, self.model_version, entry[1]))
+            closer = (next(closer_rows), entry.closer_geometry) if entry.closer is not None else None
+            answers.append(tag_photo(row, cell_row, self.taxonomy, self.model_version, entry.geometry, closer,
+                                     entry.note))
         return answers
 
     def handle(self, data: list[dict], context) -> list[str | bytes]:
@@ -275,9 +290,10 @@ class PhotoTaggerHandler:
                     for i, request in enumerate(data)]
         started = time.perf_counter()
         batch, prepared = self.preprocess(requests, content_types)
+        closer = [p.closer for p in prepared if isinstance(p, PreparedPhoto) and p.closer is not None]
         decoded = time.perf_counter()
         rescored_before = self.int8.rescored if self.int8 is not None else None
-        outputs = self.inference(batch)
+        outputs = self.inference(batch, torch.stack(closer) if closer else None)
         inferred = time.perf_counter()
         responses = self.postprocess(outputs, prepared)
         for index, (request, response) in enumerate(zip(requests, responses)):

@@ -1,6 +1,7 @@
-"""Latency of a lone photo: one client sends 256×256 JPEGs one after another to a running server (make serve).
+"""Latency of a lone photo: one client sends JPEGs (256×256, or --size) one after another to a running server
+(make serve).
 
-    .venv/bin/python -m loadtests.latency [--url http://127.0.0.1:8080] [--seconds 20]
+    .venv/bin/python -m loadtests.latency [--url http://127.0.0.1:8080] [--seconds 20] [--size camera]
 
 At low load every request is a batch of one, and TorchServe holds it for up to maxBatchDelay waiting for company,
 so this is the figure that batch delay trades against throughput.
@@ -27,7 +28,7 @@ import yaml
 
 from client.auth import DEFAULT_KEY_FILE
 from client.rest import call
-from loadtests.bench import TUNED_CONFIG, apply_overrides, build_archive, load_handler, summarize
+from loadtests.bench import SIZES, TUNED_CONFIG, apply_overrides, build_archive, load_handler, summarize
 from loadtests.faults import steady_load
 from serving.torchserve_process import TorchServe
 from training.synth.render import render_jpegs
@@ -107,8 +108,11 @@ def main(argv=None) -> int:
                         help="serve this training run itself and break the time down from TorchServe's metrics")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="with --run: also serve the shipped config with these keys changed (repeatable)")
+    parser.add_argument("--size", default="small", choices=sorted(SIZES),
+                        help="photo size class, as make bench's (camera: 4000x3000, where the big-photo mode reads "
+                             "the objects again at its larger input)")
     args = parser.parse_args(argv)
-    photos = render_jpegs(256, 256, 4, seed=1)
+    photos = render_jpegs(*SIZES[args.size], 4, seed=1)
     if args.run is not None:
         for row in served_breakdown(args.run, args.variant, photos, args.seconds):
             print(f"{row['config']}: {row['ok']} of {row['requests']} answered 200; p50 {row['p50_ms']:.1f} ms, "

@@ -21,16 +21,19 @@ import torch
 
 from phototag.checkpoint import save_checkpoint
 from phototag.inference import Runtime, load_image, to_model_input
-from phototag.model import BACKBONES, build_model
+from phototag.model import BACKBONES, OBJECT_HEADS, build_model
 from phototag.taxonomy import DEFAULT_TAXONOMY_PATH, Taxonomy
 from training.synth.render import render_jpegs
 
 
-def random_model(image_size: int = 256, arch: str = "resnet34", calibration_photos: int = 16, seed: int = 0):
+def random_model(image_size: int = 256, arch: str = "resnet34", calibration_photos: int = 16, seed: int = 0,
+                 object_head: str = "cells"):
     """(model in eval mode, taxonomy): random weights, batch-norm statistics from `calibration_photos` photos."""
     torch.manual_seed(seed)
     taxonomy = Taxonomy.load(DEFAULT_TAXONOMY_PATH)
-    model = build_model(taxonomy, weights="none", arch=arch, image_size=image_size)
+    pooling = {"object_pooling": "max"} if object_head == "cells" else {}
+    model = build_model(taxonomy, weights="none", arch=arch, image_size=image_size, object_head=object_head,
+                        **pooling)
     if calibration_photos:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -49,12 +52,12 @@ def random_model(image_size: int = 256, arch: str = "resnet34", calibration_phot
 
 
 def write_random_run(out: Path, image_size: int = 256, arch: str = "resnet34", calibration_photos: int = 16,
-                     seed: int = 0) -> Path:
+                     seed: int = 0, object_head: str = "cells") -> Path:
     """out/model.pt + out/taxonomy.json; returns out."""
     out.mkdir(parents=True, exist_ok=True)
-    model, taxonomy = random_model(image_size, arch, calibration_photos, seed)
+    model, taxonomy = random_model(image_size, arch, calibration_photos, seed, object_head)
     args = {"random_init": True, "image_size": image_size, "arch": arch, "calibration_photos": calibration_photos,
-            "seed": seed}
+            "seed": seed, "object_head": object_head}
     save_checkpoint(out / "model.pt", model, taxonomy, args=args)
     taxonomy.save(out / "taxonomy.json")
     return out
@@ -68,9 +71,13 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration-photos", type=int, default=16,
                         help="rendered photos whose statistics the batch norms take (0: identity statistics)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--object-head", default="cells", choices=OBJECT_HEADS,
+                        help="cells: the per-cell object heads that training builds (and boxes come from); pooled: "
+                             "the linear heads on the pooled map of checkpoints from before them")
     args = parser.parse_args(argv)
-    write_random_run(args.out, args.image_size, args.arch, args.calibration_photos, args.seed)
-    print(f"wrote {args.out}/model.pt: random-init {args.arch}, {args.image_size} px input")
+    write_random_run(args.out, args.image_size, args.arch, args.calibration_photos, args.seed, args.object_head)
+    print(f"wrote {args.out}/model.pt: random-init {args.arch}, {args.image_size} px input, "
+          f"{args.object_head} object heads")
     return 0
 
 

@@ -13,7 +13,7 @@ import torch
 
 from phototag.compiled import COMPILE_MODES
 from phototag.decoding import MAX_PIXELS
-from phototag.inference import DEVICES, PRECISIONS, Runtime
+from phototag.inference import DEVICES, PRECISIONS, BigPhotos, Runtime
 from phototag.jpeg_batch import JPEG_DECODERS
 
 # int8 needs the archive's AOTInductor package (phototag/int8.py), so only a served worker has it.
@@ -37,6 +37,10 @@ class HandlerSettings:
     decode_threads: threads decoding and resizing one batch's images.
     torch_threads: intra-op threads of the forward pass; 0 keeps torch's default (all cores).
     max_pixels: larger images are refused before decoding.
+    big_photo_side: the big-photo mode (`phototag.inference.BigPhotos`): a photo with a short side of at least this
+        many px has its objects read again at big_photo_input px; 0 turns it off.
+    big_photo_input: the input size (px, a multiple of 32) the objects of a big photo are read at.
+    big_photo_max_pixels: a bigger photo is served in the ordinary mode, its answer saying so.
     """
 
     device: str = "auto"
@@ -47,6 +51,9 @@ class HandlerSettings:
     decode_threads: int = 2
     torch_threads: int = 0
     max_pixels: int = MAX_PIXELS
+    big_photo_side: int = 0
+    big_photo_input: int = 768
+    big_photo_max_pixels: int = 40_000_000
 
     def __post_init__(self) -> None:
         for name, allowed in (("device", DEVICES), ("precision", SERVED_PRECISIONS), ("jpeg_decoder", JPEG_DECODERS),
@@ -57,10 +64,14 @@ class HandlerSettings:
                 raise HandlerSettingsError(f"handler.{name} must be one of {_listed(allowed)}, not {value!r}")
         if not isinstance(self.channels_last, bool):
             raise HandlerSettingsError(f"handler.channels_last must be true or false, not {self.channels_last!r}")
-        for name, minimum in (("decode_threads", 1), ("torch_threads", 0), ("max_pixels", 1)):
+        for name, minimum in (("decode_threads", 1), ("torch_threads", 0), ("max_pixels", 1), ("big_photo_side", 0),
+                              ("big_photo_input", 32), ("big_photo_max_pixels", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise HandlerSettingsError(f"handler.{name} must be a whole number >= {minimum}, not {value!r}")
+        if self.big_photo_input % 32:
+            raise HandlerSettingsError(f"handler.big_photo_input must be a multiple of 32 (the backbone's stride), "
+                                       f"not {self.big_photo_input}")
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> HandlerSettings:
@@ -87,6 +98,12 @@ class HandlerSettings:
         # int8 is the handler's to switch on (it needs the archive's package); until then the worker is fp32.
         precision = "fp32" if self.precision == "int8" else self.precision
         return Runtime.resolve(device, precision, self.channels_last)
+
+    def big_photos(self) -> BigPhotos | None:
+        """The big-photo mode these settings ask for, or None when it is off."""
+        if not self.big_photo_side:
+            return None
+        return BigPhotos(self.big_photo_side, self.big_photo_input, self.big_photo_max_pixels)
 
     def as_section(self) -> dict[str, Any]:
         """The settings as a `handler:` mapping (for reports and for writing a model-config)."""

@@ -7,11 +7,12 @@ where the hardware runs them faster) → float32 logits on the CPU.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from phototag.decoding import DISPLAYED_SIZE, MAX_PIXELS, decode_image
+from phototag.headers import declared_size
 from phototag.locate import InputGeometry
 from phototag.preprocessing import draft_size, normalize, resize_to_tensor
 
@@ -69,18 +70,60 @@ class Runtime:
         return f"{self.device} int8 (AOTInductor package; borderline photos: {eager})" if self.int8 else eager
 
 
-def load_photo(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS,
-               resize: str = "squash") -> tuple[torch.Tensor, InputGeometry]:
-    """Image file bytes -> (uint8 [3, image_size, image_size], squashed or letterboxed as `ModelConfig.resize`
-    says; how the photo as displayed maps onto it, for boxes). ImageDecodeError for anything unusable."""
-    image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(image_size))
+@dataclass(frozen=True)
+class BigPhotos:
+    """The big-photo mode: a photo whose short side is at least `side` px has its objects read again from the
+    photo resized to `input_size` (the per-cell heads are convolutions: a larger input is a finer map over the
+    same photo), while the scene heads keep the trained input size. A 60 px dog handler in a 4000 px frame is 4 px
+    at 256 but 12 px at 768. `side` 0 turns the mode off. A photo over `max_pixels` stays in the ordinary mode,
+    with a note saying so (`verdict`)."""
+    side: int = 0
+    input_size: int = 768
+    max_pixels: int = 40_000_000
+
+    def verdict(self, width: int, height: int) -> tuple[bool, str | None]:
+        """(read this photo closer?, why not, where the mode would apply but the photo is over the budget)."""
+        if not self.side or min(width, height) < self.side:
+            return False, None
+        if width * height > self.max_pixels:
+            return False, (f"objects read at the ordinary size only: {width}x{height} is over the big-photo "
+                           f"budget of {self.max_pixels:,} pixels")
+        return True, None
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """One decoded photo: the model input uint8 [3, S, S] and how the photo as displayed maps onto it; in the
+    big-photo mode also the larger input uint8 [3, B, B] its objects are read from, and its geometry; `note` says
+    why a big photo was not read closer."""
+    image: torch.Tensor
+    geometry: InputGeometry
+    closer: torch.Tensor | None = None
+    closer_geometry: InputGeometry | None = None
+    note: str | None = None
+
+
+def load_photo(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS, resize: str = "squash",
+               big: BigPhotos | None = None) -> PreparedPhoto:
+    """Image file bytes -> the photo squashed or letterboxed to image_size as `ModelConfig.resize` says, with its
+    geometry; for a big photo (`big`) also at big.input_size, from the same decode (JPEG draft mode at the larger
+    of the two). ImageDecodeError for anything unusable."""
+    declared = declared_size(data) if big is not None and big.side else None
+    closer, note = big.verdict(*declared) if declared else (False, None)
+    size = max(image_size, big.input_size) if closer else image_size
+    image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(size))
     width, height = image.info[DISPLAYED_SIZE]
-    return resize_to_tensor(image, image_size, resize), InputGeometry(width, height, image_size, resize)
+    photo = PreparedPhoto(resize_to_tensor(image, image_size, resize),
+                          InputGeometry(width, height, image_size, resize), note=note)
+    if closer:
+        photo = replace(photo, closer=resize_to_tensor(image, big.input_size, resize),
+                        closer_geometry=InputGeometry(width, height, big.input_size, resize))
+    return photo
 
 
 def load_image(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS, resize: str = "squash") -> torch.Tensor:
     """Image file bytes -> uint8 [3, image_size, image_size] (`load_photo` without the geometry)."""
-    return load_photo(data, image_size, max_pixels, resize)[0]
+    return load_photo(data, image_size, max_pixels, resize).image
 
 
 def to_model_input(batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -109,6 +152,15 @@ def predict(model, batch: torch.Tensor, runtime: Runtime) -> tuple[torch.Tensor,
     if cells is not None and cells.shape[1] == 0:  # a pooled-head model has no map
         cells = None
     return logits.float().cpu(), None if cells is None else cells.float().cpu()
+
+
+@torch.inference_mode()
+def predict_object_map(served, batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """uint8 [N, 3, B, B] (big photos at the big-photo input size) -> float32 per-cell object logits
+    [N, K, B/16, B/16] on the CPU, from the eager served model (`phototag.model.ServedTagger.object_map`)."""
+    x = to_model_input(batch, runtime)
+    with runtime.autocast():
+        return served.object_map(x).float().cpu()
 
 
 def predict_logits(model, batch: torch.Tensor, runtime: Runtime) -> torch.Tensor:

@@ -127,18 +127,45 @@ def object_boxes(cell_logits: np.ndarray, taxonomy: Taxonomy, labels: list[str],
 
 
 def tag_photo(logits, cell_logits: np.ndarray | None, taxonomy: Taxonomy, model_version: str,
-              geometry: InputGeometry | None) -> dict:
+              geometry: InputGeometry | None, closer: tuple[np.ndarray, InputGeometry] | None = None,
+              note: str | None = None) -> dict:
     """One photo's answer: `logits_to_tags` of its logits [num_logits], and, from a per-cell model's map
     [K, h, w] with the photo's geometry, a "boxes" entry in each yes/no group ({label: [box, ...]} for the labels
     it was tagged with) and the photo's displayed size as "image". Without a map (a pooled-head model) the answer
-    is the tags alone, as such models always served."""
-    answer = logits_to_tags(logits, taxonomy, model_version)
+    is the tags alone, as such models always served.
+
+    `closer`: the map of the same photo read at the big-photo mode's larger input ([K, h', w'], its geometry).
+    Each object's score is then the better of the two maps' best cells, and its boxes come from that map: small
+    objects are found closer, large ones (which fill more than a crop's worth of the larger input) as before.
+    "image" then says the size the objects were read at; `note` (why a big photo was not read closer) goes there
+    too."""
     if cell_logits is None or geometry is None:
-        return answer
+        return logits_to_tags(logits, taxonomy, model_version)
+    values = [float(v) for v in logits]
+    from_closer = set()
+    if closer is not None:
+        peaks = np.asarray(closer[0], dtype=np.float32).reshape(closer[0].shape[0], -1).max(axis=1)
+        k = 0
+        for group in taxonomy.groups:
+            if group.kind == SINGLE:
+                continue
+            for offset, tag_class in enumerate(group.classes):
+                index = group.logits.start + offset
+                if peaks[k] > values[index]:
+                    values[index] = float(peaks[k])
+                    from_closer.add(tag_class.id)
+                k += 1
+    answer = logits_to_tags(values, taxonomy, model_version)
     labels = [label for g in taxonomy.groups if g.kind != SINGLE for label in answer[g.name]["labels"]]
-    boxes = object_boxes(cell_logits, taxonomy, labels, geometry)
+    boxes = object_boxes(cell_logits, taxonomy, [x for x in labels if x not in from_closer], geometry)
+    if from_closer:
+        boxes |= object_boxes(closer[0], taxonomy, [x for x in labels if x in from_closer], closer[1])
     for group in taxonomy.groups:
         if group.kind != SINGLE:
             answer[group.name]["boxes"] = {label: boxes[label] for label in answer[group.name]["labels"]}
     answer["image"] = {"width": geometry.width, "height": geometry.height}
+    if closer is not None:
+        answer["image"]["objects_read_at"] = closer[1].image_size
+    if note:
+        answer["image"]["note"] = note
     return answer

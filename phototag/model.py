@@ -227,6 +227,11 @@ class ServedTagger(nn.Module):
             cells = logits.new_zeros((images.shape[0], 0, 1, 1))
         return logits, cells
 
+    def object_map(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] of any size (the big-photo mode's larger input) -> per-cell object logits
+        [N, K, H/16, W/16], without the scene heads (a per-cell model only)."""
+        return self.tagger.object_cells(self.tagger.cell_features(images))
+
 
 def build_model(taxonomy: Taxonomy, weights: str = "none", **config_kwargs) -> MultiHeadTagger:
     """A fresh model for `taxonomy`; weights is 'imagenet' (torchvision's weights API) or 'none' (random init)."""

@@ -1,7 +1,8 @@
 """The review page of a tagged folder (client/gallery.py) in a real browser: headless Chromium driven by selenium
 opens OUT/index.html from file://, filters by tag and by "needs review", corrects a photo, downloads the
-corrections and the training reader reads them back. Photos that could not be tagged show as failed with the
-reason, a re-run updates the page, and a 10,000-photo page stays quick.
+corrections and the training reader reads them back, and sees each object's box drawn where the object is.
+Photos that could not be tagged show as failed with the reason, a re-run updates the page, and a 10,000-photo page
+stays quick.
 
 The folder's answers are made by the service's own `logits_to_tags` from chosen logits (confident, unsure, an
 object near its threshold), so that every filter has a known right answer; the refusals are the real decoder's.

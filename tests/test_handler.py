@@ -89,11 +89,12 @@ def test_preprocess_and_inference_shapes(handler, sample_images):
     batch, prepared = handler.preprocess([{"body": sample_images[0]}, {"body": b"x"}], [None, None])
     assert batch.shape == (1, 3, 64, 64) and batch.dtype.is_floating_point is False
     assert isinstance(prepared[1], dict)
-    logits, cells = handler.inference(batch)
+    outputs = handler.inference(batch)
+    logits, cells, closer = outputs
     assert logits.shape == (1, handler.taxonomy.num_logits)
-    assert cells.shape == (1, 8, 4, 4)  # the per-cell map (stride 16) the boxes come from
-    assert isinstance(prepared[0][1], InputGeometry)
-    answer = handler.postprocess((logits, cells), prepared)[0]
+    assert cells.shape == (1, 8, 4, 4) and closer is None  # the per-cell map (stride 16) the boxes come from
+    assert isinstance(prepared[0].geometry, InputGeometry)
+    answer = handler.postprocess(outputs, prepared)[0]
     assert answer["image"] == dict(zip(("width", "height"), Image.open(io.BytesIO(sample_images[0])).size))
     assert set(answer["objects"]["boxes"]) == set(answer["objects"]["labels"])
     assert handler.model.config.resize == "letterbox"  # the tiny run's: not the default, so this checks the handler

@@ -139,14 +139,14 @@ def test_package_answers_like_the_eager_model(int8_run, sample_images):
     images = (sample_images * 3)[:MAX_BATCH + 3] + [b"not an image"]
     rows = [{"body": b} for b in images]
     batch, prepared = int8.preprocess(rows, [None] * len(rows))
-    (int8_logits, int8_cells), (eager_logits, eager_cells) = int8.inference(batch), eager.inference(batch)
+    (int8_logits, int8_cells, _), (eager_logits, eager_cells, _) = int8.inference(batch), eager.inference(batch)
     assert int8_logits.shape == eager_logits.shape == (MAX_BATCH + 3, 20)
     assert int8_cells.shape == eager_cells.shape == (MAX_BATCH + 3, 8, 4, 4)  # the map the boxes come from
     assert torch.equal(int8.inference(batch[:1])[0], int8_logits[:1])  # batch 1 and the chunked batch agree
     for mine, reference in ((int8_logits, eager_logits), (int8_cells, eager_cells)):
         error = (mine - reference).abs().mean() / reference.std()
         assert error < 0.25, f"int8 output off by {error:.2f} of the eager output's spread"
-    answers = int8.postprocess((int8_logits, int8_cells), prepared)
+    answers = int8.postprocess((int8_logits, int8_cells, None), prepared)
     assert answers[-1]["code"] == 400 and all("tags" in a and "boxes" in a["objects"] for a in answers[:-1])
 
 

@@ -27,7 +27,14 @@ from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS
 from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv
 from phototag.taxonomy import SINGLE, Taxonomy, TaxonomyError
-from training.evaluate import EvaluationError, add_in_process_args, check_answers, compute_metrics, tag_with_checkpoint
+from training.evaluate import (
+    EvaluationError,
+    add_in_process_args,
+    big_photos_from,
+    check_answers,
+    compute_metrics,
+    tag_with_checkpoint,
+)
 from training.report import HIGHLIGHT, STYLE, save_figure, thumbnail, thumbnail_grid, write_json
 
 ARCHIVE_MEMBERS = ("model.pt", "taxonomy.json")
@@ -67,7 +74,8 @@ def tag_version(path: Path, rows: list[LabeledImage], image_dir: Path, workdir: 
     model, taxonomy = load_version(path, workdir)
     kept, answers, skipped = tag_with_checkpoint(rows, image_dir, model, taxonomy, batch_size=args.batch_size,
                                                  device=args.device, precision=args.precision,
-                                                 workers=args.workers, max_pixels=MAX_PIXELS)
+                                                 workers=args.workers, max_pixels=MAX_PIXELS,
+                                                 big=big_photos_from(args))
     check_answers(answers, taxonomy)
     return Tagged(str(path), taxonomy, {row.filename: a for row, a in zip(kept, answers)}, skipped)
 

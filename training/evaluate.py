@@ -30,7 +30,16 @@ from client.auth import DEFAULT_KEY_FILE, KeyFileError
 from client.rest import ServiceError, tag_image
 from phototag.checkpoint import load_model
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
-from phototag.inference import PRECISIONS, Runtime, load_photo, predict, prepare_model
+from phototag.inference import (
+    PRECISIONS,
+    BigPhotos,
+    PreparedPhoto,
+    Runtime,
+    load_photo,
+    predict,
+    predict_object_map,
+    prepare_model,
+)
 from phototag.labels_csv import LabelCsvError, LabeledImage, read_labels_csv, split_missing
 from phototag.locate import tag_photo
 from phototag.model import ServedTagger
@@ -66,19 +75,21 @@ class Evaluation:
 # ---- getting answers ------------------------------------------------------------------------------------------
 def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxonomy: Taxonomy,
                         *, batch_size: int = 32, device: str = "auto", precision: str = "auto",
-                        workers: int = 2, max_pixels: int = MAX_PIXELS,
+                        workers: int = 2, max_pixels: int = MAX_PIXELS, big: BigPhotos | None = None,
                         ) -> tuple[list[LabeledImage], list[dict], dict[str, str]]:
     """Answers of a model (from `load_model`) for every readable listed image, computed as the handler does:
-    phototag.inference.load_photo, one batched forward pass (predict) in eval mode, tag_photo."""
+    phototag.inference.load_photo, one batched forward pass (predict) in eval mode, the big photos' closer object
+    maps where `big` asks for them (predict_object_map), tag_photo."""
     runtime = Runtime.resolve(device, precision)  # as the handler resolves its defaults
     prepare_model(model, runtime)
     served = ServedTagger(model)
     image_size = model.config.image_size
     present, skipped = split_missing(rows, image_dir)
 
-    def prepare(row: LabeledImage) -> tuple | str:
+    def prepare(row: LabeledImage) -> PreparedPhoto | str:
         try:
-            return load_photo((image_dir / row.filename).read_bytes(), image_size, max_pixels, model.config.resize)
+            return load_photo((image_dir / row.filename).read_bytes(), image_size, max_pixels, model.config.resize,
+                              big)
         except (ImageDecodeError, OSError) as exc:
             return str(exc)
 
@@ -87,17 +98,24 @@ def tag_with_checkpoint(rows: list[LabeledImage], image_dir: Path, model, taxono
         for start in range(0, len(present), batch_size):
             chunk = present[start:start + batch_size]
             prepared = list(pool.map(prepare, chunk))
-            good = [(row, t) for row, t in zip(chunk, prepared) if isinstance(t, tuple)]
-            for row, t in zip(chunk, prepared):
-                if isinstance(t, str):
-                    skipped[row.filename] = f"unreadable image: {t}"
+            good = [(row, p) for row, p in zip(chunk, prepared) if isinstance(p, PreparedPhoto)]
+            for row, p in zip(chunk, prepared):
+                if isinstance(p, str):
+                    skipped[row.filename] = f"unreadable image: {p}"
             if not good:
                 continue
-            logits, cells = predict(served, torch.stack([image for _, (image, _) in good]), runtime)
-            for index, (row, (_, geometry)) in enumerate(good):
+            logits, cells = predict(served, torch.stack([p.image for _, p in good]), runtime)
+            closer = {}
+            big_ones = [index for index, (_, p) in enumerate(good) if p.closer is not None]
+            for start_big in range(0, len(big_ones), 8):  # a 768 px input weighs 9 photos: smaller batches
+                part = big_ones[start_big:start_big + 8]
+                maps = predict_object_map(served, torch.stack([good[i][1].closer for i in part]), runtime)
+                closer.update({i: (m.numpy(), good[i][1].closer_geometry) for i, m in zip(part, maps)})
+            for index, (row, photo) in enumerate(good):
                 kept.append(row)
                 cell_map = None if cells is None else cells[index].numpy()
-                answers.append(tag_photo(logits[index].tolist(), cell_map, taxonomy, IN_PROCESS_VERSION, geometry))
+                answers.append(tag_photo(logits[index].tolist(), cell_map, taxonomy, IN_PROCESS_VERSION,
+                                         photo.geometry, closer.get(index), photo.note))
     return kept, answers, skipped
 
 
@@ -243,10 +261,10 @@ def run_evaluation(args) -> Evaluation:
         rows = read_labels_csv(args.data, taxonomy)[:args.limit]
         kept, answers, skipped = tag_with_checkpoint(rows, image_dir, model, taxonomy,
                                                      batch_size=args.batch_size, device=args.device,
-                                                     precision=args.precision,
-                                                     workers=args.workers, max_pixels=args.max_pixels)
+                                                     precision=args.precision, workers=args.workers,
+                                                     max_pixels=args.max_pixels, big=big_photos_from(args))
         source = {"mode": "checkpoint", "checkpoint": str(args.checkpoint), "epoch": payload.get("epoch"),
-                  "image_size": model.config.image_size,
+                  "image_size": model.config.image_size, "big_photos": str(big_photos_from(args) or "off"),
                   "runtime": Runtime.resolve(args.device, args.precision).describe()}
         declared = taxonomy.thresholds()
     else:
@@ -359,7 +377,21 @@ def add_in_process_args(group):
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="bf16 autocast or fp32; 'auto' resolves as the handler's default does")
     group.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images")
+    group.add_argument("--big-photo-side", type=int, default=0, metavar="PX",
+                       help="the big-photo mode, as model-config.yaml's big_photo_side: photos with a short side of "
+                            "at least PX have their objects read again at --big-photo-input (default 0: off)")
+    group.add_argument("--big-photo-input", type=int, default=BigPhotos.input_size, metavar="PX",
+                       help="input size the objects of big photos are read at (default %(default)s)")
+    group.add_argument("--big-photo-max-pixels", type=int, default=BigPhotos.max_pixels,
+                       help="bigger photos stay in the ordinary mode (default %(default)s)")
     return group
+
+
+def big_photos_from(args) -> BigPhotos | None:
+    """The big-photo mode the in-process flags ask for, or None."""
+    if not args.big_photo_side:
+        return None
+    return BigPhotos(args.big_photo_side, args.big_photo_input, args.big_photo_max_pixels)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

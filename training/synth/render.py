@@ -87,18 +87,22 @@ def render_scene(labels: dict, width: int, height: int, seed: int) -> Image.Imag
     return render_scene_with_boxes(labels, width, height, seed)[0]
 
 
-def render_scene_with_boxes(labels: dict, width: int, height: int, seed: int) -> tuple[Image.Image, list[dict]]:
+def render_scene_with_boxes(labels: dict, width: int, height: int, seed: int, object_scale: float = 1.0,
+                            work_long_side: int = WORK_LONG_SIDE) -> tuple[Image.Image, list[dict]]:
     """`render_scene`, plus one record per drawn object: {"object", "box": [x0, y0, x1, y1] in the image's pixels
     (clipped to it; the drawn shape's extent, approximately), "size": the object's size as a share of the short
-    side}. Computing the boxes draws nothing more and takes no random numbers: the pixels are the same."""
+    side}. Computing the boxes draws nothing more and takes no random numbers: the pixels are the same.
+
+    `object_scale` and `work_long_side` are the large-photo option's (training.synth.dataset): objects that much
+    smaller, drawn on a larger canvas so that a small object keeps its shape's detail."""
     if width < 16 or height < 16:
         raise ValueError(f"image too small: {width}x{height}")
     seed = int(seed) & (2 ** 63 - 1)
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
-    scale = min(1.0, WORK_LONG_SIDE / max(width, height))
+    scale = min(1.0, work_long_side / max(width, height))
     ww, wh = max(16, round(width * scale)), max(16, round(height * scale))
-    scene = Scene(labels, ww, wh, rng, nrng)
+    scene = Scene(labels, ww, wh, rng, nrng, object_scale)
     img = scene.render()
     sx, sy = width / ww, height / wh
     boxes = [{"object": name,

@@ -60,7 +60,10 @@ class _Sprite:
 class Scene:
     """Lays out one scene at working resolution and renders it (before exposure jitter and noise)."""
 
-    def __init__(self, labels: dict, width: int, height: int, rng: random.Random, nrng: np.random.Generator):
+    def __init__(self, labels: dict, width: int, height: int, rng: random.Random, nrng: np.random.Generator,
+                 object_scale: float = 1.0):
+        """`object_scale` multiplies the size of every object and of the passers-by who look like a dog handler
+        (1: the ordinary scenes, 10-35 % of the short side; the large-photo option draws them 5x smaller)."""
         self.tod = labels.get("time_of_day", UNKNOWN)
         self.season = labels.get("season", UNKNOWN)
         self.terrain = labels.get("terrain", UNKNOWN)
@@ -73,6 +76,7 @@ class Scene:
                 raise ValueError(f"cannot draw object {obj!r}; known: {OBJECTS}")
         self.w, self.h = width, height
         self.short = min(width, height)
+        self.object_scale = object_scale
         self.rng, self.nrng = rng, nrng
         self.land = Image.new("RGBA", (width, height), (0, 0, 0, 0))
         self.d = ImageDraw.Draw(self.land, "RGBA")
@@ -326,7 +330,7 @@ class Scene:
 
     # ---- objects -------------------------------------------------------------------------------------------
     def _objects(self) -> None:
-        season, lights, nav = self.season, self.lights, self.nav_lights
+        season, lights, nav, k = self.season, self.lights, self.nav_lights, self.object_scale
 
         def car(pen: Pen, r: random.Random) -> None:
             draw_car(pen, r)
@@ -343,13 +347,13 @@ class Scene:
         for name in self.objects:
             if name in ground:
                 paint, lo, hi, height_frac = ground[name]
-                self._place(name, lambda lo=lo, hi=hi: self._ground_spot(lo, hi), height_frac, 0.0, paint)
+                self._place(name, lambda lo=lo, hi=hi: self._ground_spot(lo * k, hi * k), height_frac, 0.0, paint)
             elif name == "aviation":
-                self._place(name, lambda: self._air_spot(0.14, 0.35, 0.2), 0.5, 0.2,
+                self._place(name, lambda: self._air_spot(0.14 * k, 0.35 * k, 0.2), 0.5, 0.2,
                             lambda pen, r: (draw_helicopter if r.random() < 0.5 else draw_airplane)(pen, r, nav),
                             tilt=0.25)
             else:  # drone
-                self._place(name, lambda: self._air_spot(0.06, 0.16, 0.3, low_share=0.3), 0.6, 0.3,
+                self._place(name, lambda: self._air_spot(0.06 * k, 0.16 * k, 0.3, low_share=0.3), 0.6, 0.3,
                             lambda pen, r: draw_drone(pen, r, nav), tilt=0.3)
 
     def _place(self, name: str, spot: Callable[[], tuple], height_frac: float, lift: float, paint,
@@ -447,7 +451,9 @@ class Scene:
         for _ in range(rng.randint(1, 6)):
             kind = rng.choice(kinds)
             depth = rng.random() ** 0.8
-            size = self.short * rng.uniform(0.12, 0.3) * (0.3 + depth) if kind == "person" else None
+            size = None
+            if kind == "person":  # a passer-by looks like a dog handler: drawn at the objects' scale
+                size = self.short * rng.uniform(0.12, 0.3) * (0.3 + depth) * self.object_scale
             self._add_scenery(kind, depth, size=size, lamp=self.terrain == "city" and rng.random() < 0.5)
         if self.sky_visible and rng.random() < 0.3:
             for _ in range(rng.randint(1, 5)):
