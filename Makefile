@@ -19,13 +19,16 @@ BUILD ?= build
 STAGE := $(BUILD)/archive-$(VERSION)
 
 # Demo settings: sized so that `make demo` finishes in under 10 minutes on 2 CPU cores (see README). The demo
-# fine-tunes the project's committed warm start (weights/warm-start.pt, made by `make warm-start`).
+# fine-tunes the project's committed warm start (weights/warm-start.pt, made by `make warm-start`): layer4 and the
+# time/season/terrain heads on the demo's photos, the object part held as the warm start has it (--freeze-cells:
+# a third of the time a step, and the objects keep what 473,600 crops taught them). Without a warm start
+# (WARM_START=) every part learns, the objects from 32 crops a step.
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 1200
 DEMO_HOLDOUT_IMAGES ?= 300
 WARM_START ?= weights/warm-start.pt
-DEMO_TRAIN_ARGS ?= $(if $(WARM_START),--init-from $(WARM_START)) --epochs 2 --batch-size 8 --crops-per-step 32 --opt adamw --lr 2e-4 \
-	--warmup 0.1
+DEMO_TRAIN_ARGS ?= $(if $(WARM_START),--init-from $(WARM_START) --freeze-cells,--crops-per-step 32) --epochs 2 \
+	--batch-size 8 --opt adamw --lr 2e-4 --warmup 0.1
 # Full run, sized for a GPU and not yet run: the CPU recipe scaled up, 7,500 steps of 32 photos + 256 crops
 # (240,000 photos and 1.9M crops seen at 256 px; docs/model.md).
 FULL_DATA := data/full
@@ -40,7 +43,7 @@ help:
 	@echo "make test         the whole test suite (starts real TorchServe instances on free ports)"
 	@echo "make lint         ruff over the whole tree (CI runs it before the tests)"
 	@echo "make train-cpu    the CPU recipe from random init (resumes after an interruption)"
-	@echo "make warm-start   train-cpu's objects stage, 7,000 more steps of it, the scenes on top: $(WARM_START) (bf16)"
+	@echo "make warm-start   train-cpu's objects stage, 5,000 more steps of it, the scenes on top: $(WARM_START) (bf16)"
 	@echo "make train-full   the full training run on a large synthetic set (README: quality targets)"
 	@echo "make quantize     int8 package of RUN=$(RUN) for CPU serving, kept only if its tags match the eager model's"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
@@ -118,10 +121,12 @@ train-cpu: cpu-objects
 
 # The committed warm start (training/warm_start.py: bf16, with the metrics.json of every stage): longer than
 # train-cpu, and resumable like it. train-cpu's objects stage, then the objects again from it over a second, longer
-# cosine schedule (7 x 1,000 steps of 64 crops: AP 0.66 -> 0.77 after two of them, docs/model.md), then the
+# cosine schedule (5 x 1,000 steps of 64 crops, 89 min on 2 AVX2 cores; docs/model.md has its curve), then the
 # scenes on top of those objects.
-WARM_OBJECT_ARGS ?= --init-from runs/cpu-objects/model.pt --epochs 7 --epoch-steps 1000 --batch-size 0 	--crops-per-step 64 --lr 5e-4 --warmup 0.03
-WARM_SCENE_ARGS ?= --init-from runs/cpu-objects-long/model.pt --freeze-cells --epochs 2 --epoch-steps 400 	--batch-size 8 --lr 5e-4 --warmup 0.05
+WARM_OBJECT_ARGS ?= --init-from runs/cpu-objects/model.pt --epochs 5 --epoch-steps 1000 --batch-size 0 \
+	--crops-per-step 64 --lr 5e-4 --warmup 0.03
+WARM_SCENE_ARGS ?= --init-from runs/cpu-objects-long/model.pt --freeze-cells --epochs 2 --epoch-steps 400 \
+	--batch-size 8 --lr 5e-4 --warmup 0.05
 .PHONY: warm-start
 warm-start: cpu-objects
 	$(call train_stage,runs/cpu-objects-long,$(WARM_OBJECT_ARGS))
@@ -259,9 +264,11 @@ rollback: setup
 # ---- benchmark: offline ceiling vs naive vs shipped serving settings (real TorchServe on free ports) -----------
 BENCH_SECONDS ?= 20
 BENCH_SIZES ?= small,phone,camera
-# The served alternatives to the shipped settings that chose them (docs/performance.md).
+# The served alternatives to the shipped settings that chose them (docs/performance.md), and the big-photo mode
+# off (what reading the objects of 12 MP photos again at 768 px costs: the camera size class; docs/where.md).
 BENCH_VARIANTS ?= --variant batchSize=4 --variant batchSize=16 \
-	--variant minWorkers=1,maxWorkers=1,handler.torch_threads=0,handler.decode_threads=2
+	--variant minWorkers=1,maxWorkers=1,handler.torch_threads=0,handler.decode_threads=2 \
+	--variant handler.big_photo_side=0
 .PHONY: bench
 # The figures are for the model size in RUN's checkpoint. `make bench RUN=runs/random-256` benches the full-size
 # (256 px) ResNet34 without a trained full run: random weights, the project's taxonomy and model config.

@@ -6,8 +6,7 @@ that object's threshold are grouped into 8-connected places, and each place beco
 cells, with the score of its best cell. A photo's tag and its boxes come from one map, so every tagged object has
 a box, its best place (unless that lies wholly in the letterbox padding). Further places (two dog handlers far
 apart) are given when their own score reaches `OTHER_PLACE_SCORE`: the weaker places were mostly wrong (measured in
-docs/model.md, "Where each object is", with the other box rule tried: the cells' centres spread to twice their
-span, which fitted worse).
+docs/where.md, with the other box rule tried: the cells' centres spread to twice their span, which fitted worse).
 
 Coordinates: the map covers the model input (the photo squashed or letterboxed to S×S, `phototag.preprocessing`);
 a box is mapped back through the same geometry into the photo as displayed (after EXIF orientation), clipped to
