@@ -13,6 +13,7 @@ import grpc
 
 from client.auth import DEFAULT_KEY_FILE, read_key
 from client.stubs import GENERATED_DIR
+from phototag.payload import BIG_PHOTOS_CHOICES, BIG_PHOTOS_PARAMETER
 
 if str(GENERATED_DIR) not in sys.path:
     sys.path.insert(0, str(GENERATED_DIR))  # protoc's generated modules import each other as top-level modules
@@ -34,9 +35,14 @@ class GrpcTagger:
         self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
         self.key_file = key_file
 
-    def tag(self, data: bytes, model: str = "tagger", version: str | None = None, timeout: float = 120) -> dict:
-        """Tag JSON of one image; an image the handler refuses comes back as {"error": ..., "code": 400}."""
-        request = inference_pb2.PredictionsRequest(model_name=model, input={"data": data})
+    def tag(self, data: bytes, model: str = "tagger", version: str | None = None, timeout: float = 120,
+            big_photos: str = BIG_PHOTOS_CHOICES[0]) -> dict:
+        """Tag JSON of one image; an image the handler refuses comes back as {"error": ..., "code": 400}.
+        `big_photos` "off": this photo's objects are not read closer (an entry of the input map)."""
+        inputs = {"data": data}
+        if big_photos != BIG_PHOTOS_CHOICES[0]:
+            inputs[BIG_PHOTOS_PARAMETER] = big_photos.encode()
+        request = inference_pb2.PredictionsRequest(model_name=model, input=inputs)
         if version:
             request.model_version = version
         for attempt in range(2):

@@ -6,6 +6,7 @@ from pathlib import Path
 import requests
 
 from client.auth import DEFAULT_KEY_FILE, bearer
+from phototag.payload import BIG_PHOTOS_CHOICES, BIG_PHOTOS_HEADER
 
 DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
 DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
@@ -37,12 +38,16 @@ def call(method: str, url: str, kind: str, key_file: str | Path = DEFAULT_KEY_FI
 
 def tag_image(data: bytes, *, model: str = "tagger", version: str | None = None,
               url: str = DEFAULT_INFERENCE_URL, key_file: str | Path = DEFAULT_KEY_FILE,
-              session: requests.Session | None = None, verify: str | bool = True) -> dict:
+              session: requests.Session | None = None, verify: str | bool = True,
+              big_photos: str = BIG_PHOTOS_CHOICES[0]) -> dict:
     """POST the image bytes to /predictions/MODEL[/VERSION] and return the tag JSON; ServiceError otherwise.
-    `verify`: for an https URL, the CA bundle (or the server's own certificate) to trust."""
+    `verify`: for an https URL, the CA bundle (or the server's own certificate) to trust. `big_photos`: "off"
+    asks the server not to read this photo's objects closer (`phototag.payload.requested_big_photos`)."""
     path = f"{url}/predictions/{model}" + (f"/{version}" if version else "")
-    response = call("POST", path, "inference", key_file, session=session, data=data, verify=verify,
-                    headers={"Content-Type": "application/octet-stream"})
+    headers = {"Content-Type": "application/octet-stream"}
+    if big_photos != BIG_PHOTOS_CHOICES[0]:
+        headers[BIG_PHOTOS_HEADER] = big_photos
+    response = call("POST", path, "inference", key_file, session=session, data=data, verify=verify, headers=headers)
     if response.status_code != 200:
         raise ServiceError(response.status_code, response.text)
     return response.json()

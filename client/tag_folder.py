@@ -54,6 +54,7 @@ from client.sidecars import (
     write_sidecars,
 )
 from phototag.labels_csv import LabelCsvError, read_labels_csv
+from phototag.payload import BIG_PHOTOS_CHOICES
 from phototag.taxonomy import Taxonomy
 
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .webp .bmp .tif .tiff .gif .heic .heif .avif".split())
@@ -99,14 +100,15 @@ class Summary:
 
 # ---- taggers: bytes -> tag JSON ------------------------------------------------------------------------------------
 def rest_tagger(url: str = DEFAULT_INFERENCE_URL, key_file: str | Path = DEFAULT_KEY_FILE, model: str = "tagger",
-                version: str | None = None) -> Tagger:
+                version: str | None = None, big_photos: str = BIG_PHOTOS_CHOICES[0]) -> Tagger:
     """REST tagging with one keep-alive session per thread (a requests.Session is not meant to be shared)."""
     local = threading.local()
 
     def tag(data: bytes) -> dict:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        return tag_image(data, model=model, version=version, url=url, key_file=key_file, session=local.session)
+        return tag_image(data, model=model, version=version, url=url, key_file=key_file, session=local.session,
+                         big_photos=big_photos)
 
     return tag
 
@@ -262,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retries of a transient failure (HTTP 503, timeout, refused key, ...), waiting 0.5 s, "
                              "1 s, 2 s, ... in between (default: 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--big-photos", choices=BIG_PHOTOS_CHOICES, default=BIG_PHOTOS_CHOICES[0],
+                        help="auto: the server's big-photo mode reads the objects of 12 MP drone and camera-trap "
+                             "photos closer (its model-config.yaml decides); off: every photo at the ordinary size, "
+                             "a quicker first pass (default: auto)")
     xmp = parser.add_argument_group("XMP sidecars, for digiKam, darktable, Lightroom and Immich")
     xmp.add_argument("--xmp", action="store_true",
                      help="write each tagged photo's tags into an XMP sidecar beside it, merged into an existing one "
@@ -334,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         from client.grpc_client import GrpcTagger  # needs the generated stubs (make setup)
 
         grpc_tagger = GrpcTagger(args.grpc_target, args.key_file)
-        tagger = partial(grpc_tagger.tag, model=args.model, version=args.version)
+        tagger = partial(grpc_tagger.tag, model=args.model, version=args.version, big_photos=args.big_photos)
     else:
-        tagger = rest_tagger(args.url, args.key_file, args.model, args.version)
+        tagger = rest_tagger(args.url, args.key_file, args.model, args.version, args.big_photos)
     try:
         summary = tag_folder(args.root, args.out, tagger=tagger, concurrency=args.concurrency,
                              retries=args.retries, progress=not args.no_progress, taxonomy=taxonomy,

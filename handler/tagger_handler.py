@@ -15,6 +15,9 @@ OIP's binary tensor extension, are answered too. A binary-extension request neve
 (kserve 0.13 reads only JSON), so it is answered as the extension says: binary outputs when it asks for them, and a
 refused photo with HTTP 400 and the OIP error body {"error": ...}.
 
+A request may turn the big-photo mode off for its own photo (`phototag.payload.requested_big_photos`: the
+X-Big-Photos header, a `big_photos` field or input-map entry, an OIP parameter); the mode itself is the archive's.
+
 Settings come from the archive's model-config.yaml, `handler:` section, read into one typed object
 (`phototag.handler_settings.HandlerSettings`: every key, its values and its default). An unknown or mistyped key
 stops the worker at start with a message naming it.
@@ -37,12 +40,22 @@ from phototag.compiled import BucketedCompiledModel
 from phototag.decoding import MAX_PIXELS, ImageDecodeError
 from phototag.handler_settings import HandlerSettings
 from phototag.headers import declared_size
-from phototag.inference import PreparedPhoto, Runtime, load_photo, predict, predict_object_map, prepare_model
+from phototag.inference import BigPhotos, PreparedPhoto, Runtime, load_photo, predict, predict_object_map, prepare_model
 from phototag.int8 import select_int8
 from phototag.jpeg_batch import choose_jpeg_decoder, decode_jpegs, fits_fast_lane
 from phototag.locate import InputGeometry, tag_photo
 from phototag.model import ServedTagger
-from phototag.payload import INFERENCE_HEADER, OIP_DATATYPE, OipRequest, PayloadError, extract_image_bytes, read_oip
+from phototag.payload import (
+    BIG_PHOTOS_HEADER,
+    BIG_PHOTOS_PARAMETER,
+    INFERENCE_HEADER,
+    OIP_DATATYPE,
+    OipRequest,
+    PayloadError,
+    extract_image_bytes,
+    read_oip,
+    requested_big_photos,
+)
 from phototag.taxonomy import SINGLE, Taxonomy
 
 log = logging.getLogger(__name__)
@@ -86,6 +99,20 @@ def _request_header(context, index: int, wanted: str) -> str | None:
 
 def _content_type(context, index: int) -> str | None:
     return _request_header(context, index, "content-type")
+
+
+def _with_header_choice(request, header: str | None):
+    """A plain request with its X-Big-Photos header put beside its fields (TorchServe 0.12 passes REST headers
+    but drops the query string), so that `requested_big_photos` reads one place; a field of that name wins."""
+    if header is None or not isinstance(request, dict) or BIG_PHOTOS_PARAMETER in request:
+        return request
+    return {**request, BIG_PHOTOS_PARAMETER: header}
+
+
+def _is_big(data: bytes, big: BigPhotos | None) -> bool:
+    """Whether the big-photo mode `big` reads this photo closer, judged by the size its header declares."""
+    size = declared_size(data) if big else None
+    return bool(size) and big.verdict(*size)[0]
 
 
 def oip_box_tensor(response: dict, taxonomy: Taxonomy) -> dict | None:
@@ -194,19 +221,25 @@ class PhotoTaggerHandler:
     def _blank_batch(self, n: int) -> torch.Tensor:
         return torch.zeros(n, 3, self.image_size, self.image_size, dtype=torch.uint8)
 
+    def _read_request(self, request, content_type: str | None) -> tuple[bytes, BigPhotos | None]:
+        """One request -> (its image bytes, the big-photo mode it is served with: the archive's, or None where
+        the request asked for "off"), or PayloadError."""
+        big = self.big_photos if requested_big_photos(request) == "auto" else None
+        return extract_image_bytes(request, content_type), big
+
     def _prepare_one(self, request: dict, content_type: str | None) -> PreparedPhoto | dict:
         """One request -> the decoded photo (uint8 [3, S, S] on the CPU and its geometry; for a big photo also its
         larger input), or its error dict."""
         try:
-            return self._decode_with_pillow(extract_image_bytes(request, content_type))
+            return self._decode_with_pillow(*self._read_request(request, content_type))
         except PayloadError as exc:
             return _refusal(exc)
 
-    def _decode_with_pillow(self, data: bytes) -> PreparedPhoto | dict:
+    def _decode_with_pillow(self, data: bytes, big: BigPhotos | None) -> PreparedPhoto | dict:
         """Image bytes -> the decoded photo (`phototag.inference.load_photo`), or the error dict naming why they
         are not a usable image."""
         try:
-            return load_photo(data, self.image_size, self.max_pixels, self.model.config.resize, self.big_photos)
+            return load_photo(data, self.image_size, self.max_pixels, self.model.config.resize, big)
         except ImageDecodeError as exc:
             return _refusal(exc)
 
@@ -229,13 +262,14 @@ class PhotoTaggerHandler:
     def _prepare_with_jpeg_lane(self, requests: list[dict], content_types: list[str | None]) -> list:
         prepared: list = [None] * len(requests)
         payloads: list = [None] * len(requests)
+        bigs: list = [None] * len(requests)
         for index, (request, content_type) in enumerate(zip(requests, content_types)):
             try:
-                payloads[index] = extract_image_bytes(request, content_type)
+                payloads[index], bigs[index] = self._read_request(request, content_type)
             except PayloadError as exc:
                 prepared[index] = _refusal(exc)
         fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)
-                and not self._is_big(data)]
+                and not _is_big(data, bigs[i])]
         for index, tensor in zip(fast, decode_jpegs([payloads[i] for i in fast], self.image_size,
                                                      self.runtime.device, self.model.config.resize)):
             size = declared_size(payloads[index])
@@ -243,14 +277,10 @@ class PhotoTaggerHandler:
                 prepared[index] = PreparedPhoto(tensor, InputGeometry(*size, self.image_size,
                                                                       self.model.config.resize))
         slow = [i for i, p in enumerate(prepared) if p is None]
-        decoded = self.decoder_pool.map(self._decode_with_pillow, [payloads[i] for i in slow])
+        decoded = self.decoder_pool.map(self._decode_with_pillow, [payloads[i] for i in slow], [bigs[i] for i in slow])
         for index, result in zip(slow, decoded):
             prepared[index] = result
         return prepared
-
-    def _is_big(self, data: bytes) -> bool:
-        size = declared_size(data) if self.big_photos else None
-        return bool(size) and self.big_photos.verdict(*size)[0]
 
     def inference(self, batch: torch.Tensor, closer: torch.Tensor | None = None) -> tuple:
         """uint8 [M, 3, S, S] -> (float32 logits [M, num_logits], per-cell object logits [M, K, S/16, S/16] or
@@ -286,7 +316,8 @@ class PhotoTaggerHandler:
         an OIP binary-extension answer."""
         content_types = [_content_type(context, i) for i in range(len(data))]
         # Each OIP request is read once here; preprocess and format_response take it in place of the raw request.
-        requests = [read_oip(request, _request_header(context, i, INFERENCE_HEADER)) or request
+        requests = [read_oip(request, _request_header(context, i, INFERENCE_HEADER))
+                    or _with_header_choice(request, _request_header(context, i, BIG_PHOTOS_HEADER))
                     for i, request in enumerate(data)]
         started = time.perf_counter()
         batch, prepared = self.preprocess(requests, content_types)

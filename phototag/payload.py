@@ -38,6 +38,12 @@ OIP_ENCODINGS = ("send the image file base64-encoded as the element's JSON strin
                  "tensor extension (" + INFERENCE_HEADER + " header, binary_data_size parameter)")
 
 
+# A request's own say on the big-photo mode (`requested_big_photos`).
+BIG_PHOTOS_PARAMETER = "big_photos"
+BIG_PHOTOS_HEADER = "X-Big-Photos"  # the same for a raw REST body: TorchServe 0.12 drops the query string
+BIG_PHOTOS_CHOICES = ("auto", "off")
+
+
 class PayloadError(ValueError):
     """The request carries no usable image bytes; `reason` is a short slug, str() a message naming the problem."""
 
@@ -71,8 +77,9 @@ def _decode_base64(encoded: str, where: str) -> bytes:
 
 
 def _body(request: Mapping[str, Any]) -> Any:
-    names = [n for n in PREFERRED_FIELDS if n in request] + [n for n in request if n not in PREFERRED_FIELDS]
-    return request[names[0]]
+    names = [n for n in PREFERRED_FIELDS if n in request] + [
+        n for n in request if n not in PREFERRED_FIELDS and n != BIG_PHOTOS_PARAMETER]
+    return request[names[0]] if names else None  # None: nothing but the parameter
 
 
 @dataclass
@@ -298,3 +305,28 @@ def extract_image_bytes(request: Mapping[str, Any] | OipRequest, content_type: s
     if not value:
         raise PayloadError("empty", "the body is empty (0 bytes)")
     return bytes(value)
+
+
+def requested_big_photos(request: Mapping[str, Any] | OipRequest) -> str:
+    """What one request asks of the big-photo mode: "auto" (the default: the archive's model-config.yaml decides
+    by the photo's size) or "off" (objects read at the ordinary size only, a quick first pass over a search's drone
+    photos). Sent as a `big_photos` multipart field or the X-Big-Photos header (REST; the handler puts the header
+    beside the fields), an entry of the input map (gRPC Predictions), a field beside "data" in a base64 JSON body,
+    or a request parameter (OIP). PayloadError naming the parameter for any other value."""
+    if isinstance(request, OipRequest):
+        parameters = request.document.get("parameters")
+        value = parameters.get(BIG_PHOTOS_PARAMETER) if isinstance(parameters, Mapping) else None
+    elif isinstance(request, Mapping):
+        value = request.get(BIG_PHOTOS_PARAMETER)
+        body = request.get("body", request.get("data"))
+        if value is None and isinstance(body, Mapping) and "inputs" not in body:
+            value = body.get(BIG_PHOTOS_PARAMETER)
+    else:
+        value = None
+    if value is None:
+        return BIG_PHOTOS_CHOICES[0]
+    text = bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    if text.strip().lower() not in BIG_PHOTOS_CHOICES:
+        raise PayloadError("bad_parameter", f"{BIG_PHOTOS_PARAMETER} must be one of "
+                                            f"{', '.join(BIG_PHOTOS_CHOICES)}, not {text[:40]!r}")
+    return text.strip().lower()

@@ -126,3 +126,21 @@ def test_the_handler_finds_small_objects_in_big_photos_it_misses_at_the_ordinary
         found[side] = hits
     print("true objects found, mode off / on:", found, "of", sum(map(len, truth.values())))
     assert found[2000] > found[0], found
+
+
+@pytest.mark.parametrize("jpeg_decoder", ["pil", "torchvision"])
+def test_a_request_turns_the_mode_off_for_its_own_photo_only(tiny_run, jpeg_decoder):
+    """In one batch: the archive's mode reads the big photos closer, except the one whose request says
+    big_photos=off; a request with another value is refused alone (both JPEG decoding lanes)."""
+    from handler.tagger_handler import PhotoTaggerHandler
+    from tests.test_handler import handle, make_context
+
+    handler = PhotoTaggerHandler()
+    handler.initialize(make_context(tiny_run, jpeg_decoder=jpeg_decoder))  # the shipped big_photo_side: 2000
+    photo = jpeg(2400, 2000)
+    rows = [{"body": photo}, {"body": photo, "big_photos": b"off"}, {"body": photo, "big_photos": b"sideways"},
+            {"body": photo, "big_photos": "auto"}]
+    answers, _ = handle(handler, make_context(tiny_run), rows)
+    assert [a.get("image", {}).get("objects_read_at") for a in answers] == [768, None, None, 768], answers
+    assert answers[2]["reason"] == "bad_parameter" and "big_photos" in answers[2]["error"]
+    assert "tags" in answers[1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import io
 import json
 import os
 import subprocess
@@ -27,9 +28,11 @@ import grpc
 import pytest
 import requests
 import yaml
+from PIL import Image
 
 from client.auth import bearer, read_key
 from client.grpc_client import GrpcTagger
+from client.rest import tag_image
 from serving.kserve_bundle import KSERVE_MODEL_STORE, parse_properties
 from serving.ports import PortInUse, free_ports, port_in_use, start_on_free_ports
 from serving.process_group import stop_process_group
@@ -529,6 +532,43 @@ def test_one_photo_gets_the_same_boxes_over_rest_grpc_and_oip(servers, sample_im
     assert json.loads(json.loads(tags.contents.bytes_contents[0]))["objects"]["boxes"] == expected
     assert (boxes.name, boxes.datatype, list(boxes.shape)) == ("boxes", "FP32", [len(box_rows(rest)), 6])
     assert list(boxes.contents.fp32_contents) == pytest.approx([v for row in box_rows(rest) for v in row], abs=1e-2)
+
+
+def big_jpeg() -> bytes:
+    """A 2667x2000 JPEG: past the shipped big_photo_side (2000), so the mode reads its objects closer."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (2667, 2000), (70, 110, 60)).save(buffer, "JPEG", quality=80)
+    return buffer.getvalue()
+
+
+@pytest.mark.server
+def test_a_request_can_turn_the_big_photo_mode_off_over_every_protocol(servers):
+    """big_photos=off as a REST header (X-Big-Photos) or multipart field, a gRPC input-map entry and an OIP request
+    parameter: the photo is read at the ordinary size only; left out, the archive's mode reads it closer; any
+    other value is a 400 naming the parameter."""
+    server, _ = servers
+    photo, headers = big_jpeg(), bearer("inference", server.key_file)
+    url = f"{server.inference_url}/predictions/tagger"
+
+    def read_at(answer: dict) -> int | None:
+        assert answer["image"]["width"] == 2667, answer
+        return answer["image"].get("objects_read_at")
+
+    assert read_at(tag_image(photo, url=server.inference_url, key_file=server.key_file)) == 768
+    assert read_at(tag_image(photo, url=server.inference_url, key_file=server.key_file, big_photos="off")) is None
+    form = requests.post(url, files={"photo": ("big.jpg", photo, "image/jpeg")}, data={"big_photos": "off"},
+                         headers=headers, timeout=60)
+    assert form.status_code == 200 and read_at(form.json()) is None, form.text
+    with GrpcTagger(server.grpc_target, server.key_file) as tagger:
+        assert read_at(tagger.tag(photo)) == 768
+        assert read_at(tagger.tag(photo, big_photos="off")) is None
+    oip = requests.post(f"{server.inference_url}/v2/models/tagger/infer",
+                        json={**oip_request(photo), "parameters": {"big_photos": "off"}}, headers=headers, timeout=60)
+    assert read_at(oip_tags(oip.json())) is None
+
+    refused = requests.post(url, data=photo, headers={**headers, "X-Big-Photos": "maybe"}, timeout=60)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["reason"] == "bad_parameter" and "big_photos" in refused.json()["error"]
 
 
 @pytest.mark.server

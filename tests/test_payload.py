@@ -4,7 +4,14 @@ import struct
 
 import pytest
 
-from phototag.payload import INFERENCE_HEADER, PayloadError, extract_image_bytes, oip_request, read_oip
+from phototag.payload import (
+    INFERENCE_HEADER,
+    PayloadError,
+    extract_image_bytes,
+    oip_request,
+    read_oip,
+    requested_big_photos,
+)
 
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg-bytes"
 
@@ -203,3 +210,26 @@ def test_bad_binary_requests_name_the_problem_and_stay_oip(body_and_length, text
     with pytest.raises(PayloadError, match=text) as info:
         extract_image_bytes(parsed)
     assert info.value.reason == "bad_oip"
+
+
+@pytest.mark.parametrize("request_, choice", [
+    ({"body": b"jpeg"}, "auto"),
+    ({"body": b"jpeg", "big_photos": b"off"}, "off"),  # a query parameter or a gRPC input-map entry: bytes
+    ({"photo": b"jpeg", "big_photos": "Off "}, "off"),  # a multipart field: text
+    ({"body": {"data": "anBlZw==", "big_photos": "off"}}, "off"),  # beside "data" in a base64 JSON body
+    ({"body": b"jpeg", "big_photos": "auto"}, "auto"),
+])
+def test_a_request_says_what_it_wants_of_the_big_photo_mode(request_, choice):
+    assert requested_big_photos(request_) == choice
+    assert extract_image_bytes(request_) == b"jpeg"  # the parameter is never taken for the image
+
+
+def test_an_oip_request_asks_in_its_parameters_and_a_bad_value_is_named():
+    oip = read_oip({"body": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["anBlZw=="]}],
+                             "parameters": {"big_photos": "off"}}})
+    assert requested_big_photos(oip) == "off"
+    with pytest.raises(PayloadError, match="big_photos must be one of auto, off, not 'closer'") as info:
+        requested_big_photos({"body": b"jpeg", "big_photos": b"closer"})
+    assert info.value.reason == "bad_parameter"
+    with pytest.raises(PayloadError, match="no body"):
+        extract_image_bytes({"big_photos": "off"})

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from client.grpc_client import GrpcTagger
 from client.rest import call
+from client.results import JSONL_NAME, load_records
 from client.tag_folder import GIVE_UP_AFTER, build_parser, failure_of, rest_tagger, tag_folder
 from loadtests.faults import worker_pids
 from phototag.labels_csv import read_labels_csv
@@ -371,3 +373,21 @@ def test_command_line(server, folder):
 
     missing = run(command[:-4] + ["--key-file", str(folder.root / "nope.json")], check=False)
     assert missing.returncode == 2 and "nope.json not found" in missing.stderr
+
+
+@pytest.mark.server
+def test_a_folder_can_be_tagged_with_the_big_photo_mode_off(server, tmp_path):
+    """--big-photos off reaches the server with every photo: a 12 MP-class photo is read at the ordinary size,
+    where by default the archive's big-photo mode reads its objects closer (its answer says at what size)."""
+    root = tmp_path / "drone"
+    root.mkdir()
+    Image.new("RGB", (2667, 2000), (70, 110, 60)).save(root / "DJI_0001.JPG", quality=80)
+    read_at = {}
+    for choice in ("auto", "off"):
+        out = tmp_path / f"results-{choice}"
+        run([PYTHON, "-m", "client.tag_folder", str(root), "--out", str(out), "--url", server.inference_url,
+             "--key-file", str(server.key_file), "--no-progress", "--big-photos", choice])
+        [record] = load_records(out / JSONL_NAME).values()
+        assert record["status"] == "ok", record
+        read_at[choice] = record["image"].get("objects_read_at")
+    assert read_at == {"auto": 768, "off": None}

@@ -1,15 +1,15 @@
 """The project's own warm start: a training run's model.pt, stored in bf16 for the repository.
 
 No ImageNet weights can be had on the project's machines, and from random init the objects take far longer than
-a demo has (docs/model.md). `make warm-start` trains the long CPU recipe (`make train-cpu`, from random init, on
-scenes of seed 31, which no report or demo holds out) and this module writes its best checkpoint as
+a demo has (docs/model.md). `make warm-start` trains a long CPU recipe from random init (in stages, on scenes of
+seed 31, which no report or demo holds out) and this module writes its last stage's best checkpoint as
 `weights/warm-start.pt`, with the run's `metrics.json` beside it (and, under `earlier_stages`, those of the
 stages it was trained on from). The demo fine-tunes from it with `--init-from`.
 
 bf16 halves the file (ResNet34: 43 MB instead of 85 MB). A warm start is a starting point for more training, so
 the rounding (about three significant digits) costs nothing that the first steps of a fine-tune do not move.
 
-    python -m training.warm_start --earlier runs/cpu-objects --run runs/cpu --out weights/warm-start.pt
+    python -m training.warm_start --earlier runs/cpu-cells --run runs/cpu --out weights/warm-start.pt
 """
 from __future__ import annotations
 
