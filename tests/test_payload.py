@@ -214,7 +214,7 @@ def test_bad_binary_requests_name_the_problem_and_stay_oip(body_and_length, text
 
 @pytest.mark.parametrize("request_, choice", [
     ({"body": b"jpeg"}, "auto"),
-    ({"body": b"jpeg", "big_photos": b"off"}, "off"),  # a query parameter or a gRPC input-map entry: bytes
+    ({"body": b"jpeg", "big_photos": b"off"}, "off"),  # a gRPC input-map entry: bytes
     ({"photo": b"jpeg", "big_photos": "Off "}, "off"),  # a multipart field: text
     ({"body": {"data": "anBlZw==", "big_photos": "off"}}, "off"),  # beside "data" in a base64 JSON body
     ({"body": b"jpeg", "big_photos": "auto"}, "auto"),
