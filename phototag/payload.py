@@ -318,7 +318,7 @@ def requested_big_photos(request: Mapping[str, Any] | OipRequest) -> str:
         value = parameters.get(BIG_PHOTOS_PARAMETER) if isinstance(parameters, Mapping) else None
     elif isinstance(request, Mapping):
         value = request.get(BIG_PHOTOS_PARAMETER)
-        body = request.get("body", request.get("data"))
+        body = _body(request)
         if value is None and isinstance(body, Mapping) and "inputs" not in body:
             value = body.get(BIG_PHOTOS_PARAMETER)
     else:
@@ -326,7 +326,8 @@ def requested_big_photos(request: Mapping[str, Any] | OipRequest) -> str:
     if value is None:
         return BIG_PHOTOS_CHOICES[0]
     text = bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
-    if text.strip().lower() not in BIG_PHOTOS_CHOICES:
+    choice = text.strip().lower()
+    if choice not in BIG_PHOTOS_CHOICES:
         raise PayloadError("bad_parameter", f"{BIG_PHOTOS_PARAMETER} must be one of "
                                             f"{', '.join(BIG_PHOTOS_CHOICES)}, not {text[:40]!r}")
-    return text.strip().lower()
+    return choice
