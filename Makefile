@@ -21,7 +21,7 @@ STAGE := $(BUILD)/archive-$(VERSION)
 # Demo settings: sized so that `make demo` finishes in under 10 minutes on 2 CPU cores (see README). The demo
 # fine-tunes the project's committed warm start (weights/warm-start.pt, made by `make warm-start`): layer4 and the
 # time/season/terrain heads on the demo's photos, the object part held as the warm start has it (--freeze-cells:
-# a third of the time a step, and the objects keep what 473,600 crops taught them). Without a warm start
+# a third of the time a step, and the objects keep what 320,000 crops taught them). Without a warm start
 # (WARM_START=) every part learns, the objects from 32 crops a step.
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 1200
@@ -43,7 +43,7 @@ help:
 	@echo "make test         the whole test suite (starts real TorchServe instances on free ports)"
 	@echo "make lint         ruff over the whole tree (CI runs it before the tests)"
 	@echo "make train-cpu    the CPU recipe from random init (resumes after an interruption)"
-	@echo "make warm-start   two objects stages (2,400 + 5,000 steps of 64 crops), the scenes on top: $(WARM_START) (bf16)"
+	@echo "make warm-start   make train-cpu, its model exported in bf16 as $(WARM_START)"
 	@echo "make train-full   the full training run on a large synthetic set (README: quality targets)"
 	@echo "make quantize     int8 package of RUN=$(RUN) for CPU serving, kept only if its tags match the eager model's"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
@@ -107,7 +107,7 @@ CPU_COMMON_ARGS := --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/h
 	--val-fraction 0.03 --image-size 256
 CPU_OBJECT_ARGS ?= --epochs 6 --epoch-steps 2000 --batch-size 0 --crops-per-step 32 --dropout 0 --lr 5e-4 \
 	--warmup 0.03
-CPU_SCENE_ARGS ?= --init-from runs/cpu-cells/model.pt --freeze-cells --epochs 2 --epoch-steps 400 --batch-size 8 \
+CPU_SCENE_ARGS ?= --init-from runs/cpu-cells/model.pt --freeze-cells --epochs 4 --epoch-steps 400 --batch-size 8 \
 	--lr 5e-4 --warmup 0.05
 # A stage into $(1) with arguments $(2): resumed where an interrupted run left resume.pt; `finished` marks it done.
 train_stage = test -f $(1)/finished || { if [ -f $(1)/resume.pt ]; then $(PY) -m training.train --output-dir $(1) \
@@ -120,23 +120,11 @@ train-cpu: cpu-data
 	$(call train_stage,runs/cpu-cells,$(CPU_OBJECT_ARGS))
 	$(call train_stage,runs/cpu,$(CPU_SCENE_ARGS))
 
-# The committed warm start (training/warm_start.py: bf16, with the metrics.json of every stage): the recipe of
-# 2026-12-07's fourth session, from before train-cpu's objects stage became one 12,000-step schedule (docs/model.md
-# has both curves), and resumable like it. A first objects stage of 2,400 steps of 64 crops with dropout 0.2, the
-# objects again from it over a second cosine schedule (5 x 1,000 steps of 64 crops, 89 min on 2 AVX2 cores), then
-# the scenes on top of those objects.
-WARM_FIRST_ARGS ?= --epochs 4 --epoch-steps 600 --batch-size 0 --crops-per-step 64 --lr 5e-4 --warmup 0.03
-WARM_OBJECT_ARGS ?= --init-from runs/cpu-objects/model.pt --epochs 5 --epoch-steps 1000 --batch-size 0 \
-	--crops-per-step 64 --lr 5e-4 --warmup 0.03
-WARM_SCENE_ARGS ?= --init-from runs/cpu-objects-long/model.pt --freeze-cells --epochs 2 --epoch-steps 400 \
-	--batch-size 8 --lr 5e-4 --warmup 0.05
+# The committed warm start (training/warm_start.py): train-cpu's model in bf16, with the metrics.json of both
+# stages. From random init, resumable like train-cpu; a finished train-cpu is only exported again.
 .PHONY: warm-start
-warm-start: cpu-data
-	$(call train_stage,runs/cpu-objects,$(WARM_FIRST_ARGS))
-	$(call train_stage,runs/cpu-objects-long,$(WARM_OBJECT_ARGS))
-	$(call train_stage,runs/warm,$(WARM_SCENE_ARGS))
-	$(PY) -m training.warm_start --earlier runs/cpu-objects --earlier runs/cpu-objects-long --run runs/warm \
-		--out $(WARM_START)
+warm-start: train-cpu
+	$(PY) -m training.warm_start --earlier runs/cpu-cells --run runs/cpu --out $(WARM_START)
 
 train-full: setup
 	test -f $(FULL_DATA)/train/labels.csv || $(PY) -m training.synth --out $(FULL_DATA)/train --count $(FULL_TRAIN_IMAGES) --seed 11

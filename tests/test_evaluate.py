@@ -89,6 +89,7 @@ def test_in_process_evaluation_writes_metrics_pictures_and_report(local_report, 
     report = (out / "report.md").read_text(encoding="utf-8")
     for word in (*SINGLE_HEADS, "objects", *OBJECTS, *PICTURES, "mean F1", "Where the objects are"):
         assert word in report, word
+    assert f"evaluated in process on {result['source']['runtime']}, big-photo mode off" in report
     # The boxes against the generator's: every box counted once in "all", found never above the tagged objects.
     boxes = result["box_quality"]["objects"]
     assert boxes["all"]["boxes"] == sum(p["boxes"] for p in boxes["all"]["objects"].values()) > 0

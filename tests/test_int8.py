@@ -31,6 +31,7 @@ from phototag.int8 import (
     decision_margins,
     incompatibility,
     load_package,
+    no_faster,
 )
 from phototag.int8 import select_int8 as select
 from phototag.model import ServedTagger
@@ -151,8 +152,9 @@ def test_package_answers_like_the_eager_model(int8_run, sample_images):
 
 
 def test_worker_choice_of_precision(int8_run, tiny_run, tmp_path):
-    """auto serves the package only when its check passed; int8 serves it regardless; a package that does not match
-    the weights, the CPU or torch is refused by int8 and passed over by auto."""
+    """auto serves the package only when its check passed and it served faster than eager when it was built; int8
+    serves it regardless; a package that does not match the weights, the CPU or torch is refused by int8 and passed
+    over by auto."""
     weights = int8_run / "model.pt"
     model, taxonomy, _ = load_model(weights)
 
@@ -162,11 +164,13 @@ def test_worker_choice_of_precision(int8_run, tiny_run, tmp_path):
     folder = tmp_path / "archive"
     shutil.copytree(int8_run, folder)
     report = _report(folder)
-    for passed in (True, False):
-        report["check"]["passed"] = passed
+    for passed, speedup in ((True, 1.8), (False, 1.8), (True, 0.84)):  # 0.84: most photos re-scored
+        report["check"]["passed"], report["speed"]["speedup"] = passed, speedup
         (folder / REPORT_FILE).write_text(json.dumps(report))
-        assert (select_int8("auto", CPU, folder, weights) is not None) == passed
+        assert (select_int8("auto", CPU, folder, weights) is not None) == (passed and speedup > 1)
         assert select_int8("int8", CPU, folder, weights) is not None
+    assert "0.84x the eager model's speed" in no_faster(report)
+    report["speed"]["speedup"] = 1.8  # below: refused for what the package was built for alone
     assert select_int8("fp32", CPU, folder, weights) is None
     assert select_int8("bf16", CPU, folder, weights) is None
 

@@ -8,10 +8,11 @@ on >= 99.5% of them), and held-out photos (--check-data, or scenes of a third se
 re-scoring included: the share of photos whose served tags are identical to the eager model's (in the precision
 `auto` serves without the package: bf16 where the CPU has it natively, else fp32) and each held-out metric's change.
 
-It writes runs/X/tagger-int8.pt2 and tagger-int8.json only when tags agree on >= 99% of the held-out photos and no
-metric moves by more than 0.01; `make archive` then packs them and `precision: auto` serves int8. Otherwise it
-writes the report alone and exits 1 (--keep-failed keeps the package too, for speed measurements of untrained
-models; `auto` still refuses it, `precision: int8` serves it).
+It writes runs/X/tagger-int8.pt2 and tagger-int8.json only when tags agree on >= 99% of the held-out photos, no
+metric moves by more than 0.01 and the package as served (re-scoring included) is faster than the eager model;
+`make archive` then packs them and `precision: auto` serves int8. Otherwise it writes the report alone and exits 1
+(--keep-failed keeps the package too, for speed measurements of untrained models; `auto` still refuses it,
+`precision: int8` serves it).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from phototag.int8 import (
     compile_package,
     decision_margins,
     load_package,
+    no_faster,
     quantize,
 )
 from phototag.model import ServedTagger
@@ -72,7 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed-photos", type=int, default=64,
                         help="held-out photos timed through each path (twice, interleaved)")
     parser.add_argument("--keep-failed", action="store_true",
-                        help="write the package even when the tag check fails (marked failed: auto will not serve it)")
+                        help="write the package even when the tag check fails or it is no faster (auto does not "
+                             "serve it then)")
     return parser
 
 
@@ -217,14 +220,18 @@ def main(argv: list[str] | None = None) -> int:
                   "tuning": {"photos": len(tuning), "source": f"synthetic, seed {args.tune_seed}", **tuned},
                   "check": {**result, "source": str(args.check_data or f"synthetic, seed {args.check_seed}")},
                   "speed": speed}
+        slower = no_faster(report)
+        if slower:
+            print(f"not kept: {slower}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / PACKAGE_FILE).unlink(missing_ok=True)  # never leave a package beside a report it does not match
-        if result["passed"] or args.keep_failed:
+        useful = result["passed"] and not slower
+        if useful or args.keep_failed:
             shutil.move(package, out / PACKAGE_FILE)
         write_json(out / REPORT_FILE, report)
     kept = (out / PACKAGE_FILE).exists()
     print(f"wrote {out / REPORT_FILE}" + (f" and {out / PACKAGE_FILE}" if kept else " (no package)"))
-    return 0 if result["passed"] else 1
+    return 0 if useful else 1
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def write_report_md(result: dict, taxonomy: Taxonomy, figures: dict[str, Path], 
     objects = _object_groups(taxonomy)
     if src.get("mode") == "checkpoint":
         model = (f"checkpoint `{src.get('checkpoint')}` (epoch {src.get('epoch')}, input {src.get('image_size')} px), "
-                 f"evaluated in process on {src.get('device')}")
+                 f"evaluated in process on {src.get('runtime')}, big-photo mode {src.get('big_photos', 'off')}")
     else:
         model = f"`{src.get('model')}` version {src.get('model_version')} served at {src.get('server')} (REST)"
     lines = [
