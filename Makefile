@@ -45,7 +45,7 @@ help:
 	@echo "make train-cpu    the CPU recipe from random init (resumes after an interruption)"
 	@echo "make warm-start   make train-cpu, its model exported in bf16 as $(WARM_START)"
 	@echo "make train-full   the full training run on a large synthetic set (README: quality targets)"
-	@echo "make quantize     int8 package of RUN=$(RUN) for CPU serving, kept only if its tags match the eager model's"
+	@echo "make quantize     int8 package of RUN=$(RUN) for CPU serving, kept only if its tags match eager's and it is faster"
 	@echo "make archive      pack RUN=$(RUN) into $(STORE)/tagger.mar (VERSION=2.0 -> tagger-2.0.mar)"
 	@echo "make serve/stop   start TorchServe with config.properties and wait until READY / stop it"
 	@echo "make serve-proxy  nginx in front of it on PROXY_LISTEN=$(PROXY_LISTEN): body, key and rate limits (stop-proxy)"
