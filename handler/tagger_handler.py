@@ -109,12 +109,6 @@ def _with_header_choice(request, header: str | None):
     return {**request, BIG_PHOTOS_PARAMETER: header}
 
 
-def _is_big(data: bytes, big: BigPhotos | None) -> bool:
-    """Whether the big-photo mode `big` reads this photo closer, judged by the size its header declares."""
-    size = declared_size(data) if big else None
-    return bool(size) and big.verdict(*size)[0]
-
-
 def oip_box_tensor(response: dict, taxonomy: Taxonomy) -> dict | None:
     """The OIP output "boxes" of a tagged photo: FP32 [n, 6], one row per box, [object, score, x0, y0, x1, y1]
     with `object` the class's index among the yes/no classes in taxonomy order (aviation 0 ... sherp 7) and the
@@ -269,7 +263,7 @@ class PhotoTaggerHandler:
             except PayloadError as exc:
                 prepared[index] = _refusal(exc)
         fast = [i for i, data in enumerate(payloads) if data is not None and fits_fast_lane(data, self.max_pixels)
-                and not _is_big(data, bigs[i])]
+                and not (bigs[i] is not None and bigs[i].verdict_of(data)[0])]
         for index, tensor in zip(fast, decode_jpegs([payloads[i] for i in fast], self.image_size,
                                                      self.runtime.device, self.model.config.resize)):
             size = declared_size(payloads[index])

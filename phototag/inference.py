@@ -90,6 +90,11 @@ class BigPhotos:
                            f"budget of {self.max_pixels:,} pixels")
         return True, None
 
+    def verdict_of(self, data: bytes) -> tuple[bool, str | None]:
+        """`verdict` of a photo file by the size its header declares; (False, None) where it declares none."""
+        size = declared_size(data) if self.side else None
+        return self.verdict(*size) if size else (False, None)
+
 
 @dataclass(frozen=True)
 class PreparedPhoto:
@@ -112,8 +117,7 @@ def load_photo(data: bytes, image_size: int, max_pixels: int = MAX_PIXELS, resiz
     Two decodes, not one at the larger draft: resized from another draft, the image_size input differs in its
     last bits, and the scene heads answered differently on 2 of 150 large photos (docs/where.md). Decoded at its
     own draft, it is the ordinary mode's input exactly, for about 40 ms more a 12 MP photo."""
-    declared = declared_size(data) if big is not None and big.side else None
-    closer, note = big.verdict(*declared) if declared else (False, None)
+    closer, note = big.verdict_of(data) if big is not None else (False, None)
     image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size(image_size))
     width, height = image.info[DISPLAYED_SIZE]
     photo = PreparedPhoto(resize_to_tensor(image, image_size, resize),
