@@ -97,7 +97,7 @@ train-demo: setup runs/demo/model.pt
 
 # The CPU recipe from random init (docs/model.md), in two stages. Objects (runs/cpu-cells): the backbone up to
 # layer3 and the per-cell object heads learn from 64 px crops only, 32 a step, no dropout, over one cosine of
-# 12,000 steps (beside whole photos they learned far slower; 32 crops a step and no dropout each gained about 0.035
+# 15,600 steps (beside whole photos they learned far slower; 32 crops a step and no dropout each gained about 0.035
 # AP in 38,400-crop trials). Scenes (runs/cpu): layer4 and the time/season/terrain heads learn on whole 256 px
 # photos on top of the object part, held as it is. Seeds 31/32 are nobody's held-out set. Re-running it after an
 # interruption resumes the stage from its resume.pt (its last finished epoch); a finished stage is skipped.
@@ -105,7 +105,7 @@ CPU_DATA := data/warm
 CPU_TRAIN_IMAGES ?= 24000
 CPU_COMMON_ARGS := --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/holdout/labels.csv --opt adamw \
 	--val-fraction 0.03 --image-size 256
-CPU_OBJECT_ARGS ?= --epochs 6 --epoch-steps 2000 --batch-size 0 --crops-per-step 32 --dropout 0 --lr 5e-4 \
+CPU_OBJECT_ARGS ?= --epochs 6 --epoch-steps 2600 --batch-size 0 --crops-per-step 32 --dropout 0 --lr 5e-4 \
 	--warmup 0.03
 CPU_SCENE_ARGS ?= --init-from runs/cpu-cells/model.pt --freeze-cells --epochs 4 --epoch-steps 400 --batch-size 8 \
 	--lr 5e-4 --warmup 0.05
