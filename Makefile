@@ -21,7 +21,7 @@ STAGE := $(BUILD)/archive-$(VERSION)
 # Demo settings: sized so that `make demo` finishes in under 10 minutes on 2 CPU cores (see README). The demo
 # fine-tunes the project's committed warm start (weights/warm-start.pt, made by `make warm-start`): layer4 and the
 # time/season/terrain heads on the demo's photos, the object part held as the warm start has it (--freeze-cells:
-# a third of the time a step, and the objects keep what 320,000 crops taught them). Without a warm start
+# a third of the time a step, and the objects keep what 499,200 crops taught them). Without a warm start
 # (WARM_START=) every part learns, the objects from 32 crops a step.
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 1200
