@@ -21,7 +21,7 @@ STAGE := $(BUILD)/archive-$(VERSION)
 # Demo settings: sized so that `make demo` finishes in under 10 minutes on 2 CPU cores (see README). The demo
 # fine-tunes the project's committed warm start (weights/warm-start.pt, made by `make warm-start`): layer4 and the
 # time/season/terrain heads on the demo's photos, the object part held as the warm start has it (--freeze-cells:
-# a third of the time a step, and the objects keep what 499,200 crops taught them). Without a warm start
+# a third of the time a step, and the objects keep what 1,082,816 crops taught them). Without a warm start
 # (WARM_START=) every part learns, the objects from 32 crops a step.
 DEMO_DATA := data/demo
 DEMO_TRAIN_IMAGES ?= 1200
@@ -96,16 +96,18 @@ runs/demo/model.pt: $(DEMO_DATA)/train/labels.csv $(DEMO_DATA)/holdout/labels.cs
 train-demo: setup runs/demo/model.pt
 
 # The CPU recipe from random init (docs/model.md), in two stages. Objects (runs/cpu-cells): the backbone up to
-# layer3 and the per-cell object heads learn from 64 px crops only, 32 a step, no dropout, over one cosine of
-# 15,600 steps (beside whole photos they learned far slower; 32 crops a step and no dropout each gained about 0.035
-# AP in 38,400-crop trials). Scenes (runs/cpu): layer4 and the time/season/terrain heads learn on whole 256 px
-# photos on top of the object part, held as it is. Seeds 31/32 are nobody's held-out set. Re-running it after an
-# interruption resumes the stage from its resume.pt (its last finished epoch); a finished stage is skipped.
+# layer3 and the per-cell object heads learn from 64 px crops only, 32 a step, no dropout, over one cosine of as
+# many steps as fit 90 minutes on this machine (--step-minutes: samples per CPU minute are what the objects learn
+# from, and the project's CPUs differ almost threefold; beside whole photos they learned far slower; 32 crops a step
+# and no dropout each gained about 0.035 AP in 38,400-crop trials). Scenes (runs/cpu): layer4 and the
+# time/season/terrain heads learn on whole 256 px photos on top of the object part, held as it is. Seeds 31/32 are
+# nobody's held-out set. Re-running it after an interruption resumes the stage from its resume.pt (its last
+# finished epoch, with the step count it measured); a finished stage is skipped.
 CPU_DATA := data/warm
 CPU_TRAIN_IMAGES ?= 24000
 CPU_COMMON_ARGS := --data $(CPU_DATA)/train/labels.csv --test-data $(CPU_DATA)/holdout/labels.csv --opt adamw \
 	--val-fraction 0.03 --image-size 256
-CPU_OBJECT_ARGS ?= --epochs 6 --epoch-steps 2600 --batch-size 0 --crops-per-step 32 --dropout 0 --lr 5e-4 \
+CPU_OBJECT_ARGS ?= --epochs 8 --step-minutes 90 --batch-size 0 --crops-per-step 32 --dropout 0 --lr 5e-4 \
 	--warmup 0.03
 CPU_SCENE_ARGS ?= --init-from runs/cpu-cells/model.pt --freeze-cells --epochs 4 --epoch-steps 400 --batch-size 8 \
 	--lr 5e-4 --warmup 0.05

@@ -205,3 +205,19 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(tiny_dataset, tmp_path):
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert [h["images_seen"] for h in history] == [160, 320] and history[1]["crops_seen"] == 320
+
+
+def test_step_minutes_sizes_the_epochs_to_the_machine_and_changes_nothing_else(tiny_dataset, tmp_path):
+    """--step-minutes measures the step rate on a throwaway copy, then trains exactly as --epoch-steps would with
+    the number it found: same schedule, same crops, same weights."""
+    common = [sys.executable, "-m", "training.train", "--data", str(tiny_dataset), "--epochs", "2", "--batch-size",
+              "0", "--crops-per-step", "4", "--crop-size", "32", "--image-size", "64", "--lr", "0.001",
+              "--val-fraction", "0.25", "--bn-photos", "0", "--workers", "0", "--precision", "fp32"]
+    sized = run(common + ["--step-minutes", "0.02", "--output-dir", str(tmp_path / "sized")])
+    steps = json.loads((tmp_path / "sized" / "args.json").read_text())["epoch_steps"]
+    assert steps >= 1 and f"so 2 epochs of {steps} steps" in sized.stdout
+    history = json.loads((tmp_path / "sized" / "metrics.json").read_text())["history"]
+    assert [(h["steps"], h["crops_seen"]) for h in history] == [(steps, 4 * steps), (2 * steps, 8 * steps)]
+    run(common + ["--epoch-steps", str(steps), "--output-dir", str(tmp_path / "fixed")])
+    sized_weights, fixed_weights = _weights(tmp_path / "sized" / "model.pt"), _weights(tmp_path / "fixed" / "model.pt")
+    assert all(torch.equal(sized_weights[k], fixed_weights[k]) for k in fixed_weights)

@@ -9,6 +9,7 @@ with weights_only=True), taxonomy.json (the same taxonomy, for the archive), met
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import random
@@ -44,6 +45,8 @@ from training.resume import read_resume_point, restore, resumed_args, save_resum
 log = logging.getLogger("train")
 # 4×4 cells: the objects issue's trial size, a sixteenth of a 256 px photo's cost
 DEFAULT_CROP_SIZE = 64
+# --step-minutes measures the step rate over this many steps, after these many untimed ones
+RATE_WARMUP_STEPS, RATE_STEPS = 10, 40
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -118,6 +121,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--epoch-steps", type=int,
                        help="optimisation steps per epoch (default: one pass over the training photos); a large "
                             "generated set is then seen in parts, with a learning-curve point after each")
+    optim.add_argument("--step-minutes", type=float, metavar="MIN",
+                       help="size the schedule to this machine: --epoch-steps becomes the number of steps that fit "
+                            "MIN minutes over --epochs, by the step rate measured on a throwaway copy of the model "
+                            "before training (scoring between epochs not counted); kept on --resume")
     optim.add_argument("-b", "--batch-size", type=int, default=32,
                        help="whole photos per optimisation step (0: crops only, training just the object cells; "
                             "needs --epoch-steps and photos with boxes)")
@@ -251,9 +258,9 @@ def _check_step_parts(args, data: InMemoryDataset) -> None:
         if args.object_head != "cells" or data.has_boxes is None or not bool(data.has_boxes.any()):
             raise SystemExit("--batch-size 0 trains the object cells on crops only: it needs a per-cell model and "
                              "photos with a box sidecar")
-        if not args.crops_per_step or not args.epoch_steps:
-            raise SystemExit("--batch-size 0 needs --crops-per-step and --epoch-steps (an epoch is no pass over "
-                             "the photos then)")
+        if not args.crops_per_step or not (args.epoch_steps or args.step_minutes):
+            raise SystemExit("--batch-size 0 needs --crops-per-step and --epoch-steps or --step-minutes (an epoch "
+                             "is no pass over the photos then)")
 
 
 def _freeze_cells(model) -> list:
@@ -262,6 +269,28 @@ def _freeze_cells(model) -> list:
     for module in frozen:
         module.requires_grad_(False)
     return frozen
+
+
+def _steps_that_fit(model, criterion, data: InMemoryDataset, runtime: Runtime, args) -> int:
+    """--step-minutes: the epoch length that fits the minutes on this machine. Samples per CPU minute are what
+    the objects learn from, and the CPUs this project trains on differ threefold (AVX2 fp32 against AMX bf16), so
+    a fixed step count either wastes the fast machine or overruns the slow one. The rate is measured with real
+    steps on a copy of the model and optimiser, thrown away after; the random streams of the run are untouched."""
+    with torch.random.fork_rng(devices=[]):
+        trial = copy.deepcopy(model)
+        frozen = _freeze_cells(trial) if args.freeze_cells else []
+        optimizer = _optimizer(trial, args)
+        constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        generator = torch.Generator().manual_seed(args.seed + 1)
+        stream = PhotoStream(len(data), args.batch_size, generator)
+        for steps in (RATE_WARMUP_STEPS, RATE_STEPS):  # the first steps pay for oneDNN's kernel choices
+            done = train_one_epoch(trial, criterion, optimizer, constant, data, stream, steps, runtime, 0, args,
+                                   generator, frozen)
+    per_second = RATE_STEPS / done["seconds"]
+    epoch_steps = max(1, int(args.step_minutes * 60 * per_second / args.epochs))
+    log.info("--step-minutes %g: %.2f steps/s measured over %d steps, so %d epochs of %d steps", args.step_minutes,
+             per_second, RATE_STEPS, args.epochs, epoch_steps)
+    return epoch_steps
 
 
 def _optimizer(model, args) -> torch.optim.Optimizer:
@@ -354,6 +383,8 @@ def main(args, resume_state: dict | None = None) -> dict:
     frozen = _freeze_cells(model) if args.freeze_cells else []
     criterion = MultiHeadLoss(taxonomy)
     optimizer = _optimizer(model, args)
+    if args.step_minutes and resume_state is None:  # a resumed run keeps the epoch length it measured
+        args.epoch_steps = _steps_that_fit(model, criterion, train_data, runtime, args)
     steps_per_epoch = args.epoch_steps or math.ceil(len(train_data) / args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=args.warmup,
