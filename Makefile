@@ -28,7 +28,7 @@ DEMO_TRAIN_IMAGES ?= 1200
 DEMO_HOLDOUT_IMAGES ?= 300
 WARM_START ?= weights/warm-start.pt
 DEMO_TRAIN_ARGS ?= $(if $(WARM_START),--init-from $(WARM_START) --freeze-cells,--crops-per-step 32) --epochs 2 \
-	--batch-size 8 --opt adamw --lr 2e-4 --warmup 0.1
+	--batch-size 8 --opt adamw --lr 5e-5 --warmup 0.1
 # Full run, sized for a GPU and not yet run: the CPU recipe scaled up, 7,500 steps of 32 photos + 256 crops
 # (240,000 photos and 1.9M crops seen at 256 px; docs/model.md).
 FULL_DATA := data/full
