@@ -15,7 +15,7 @@ from ts.context import Context, RequestProcessor
 from handler.tagger_handler import PhotoTaggerHandler
 from phototag.locate import InputGeometry
 from phototag.preprocessing import resize_to_tensor
-from phototag.taxonomy import Taxonomy, TaxonomyError
+from phototag.taxonomy import SINGLE, Taxonomy, TaxonomyError
 from serving.torchserve_process import REPO
 
 
@@ -139,9 +139,17 @@ def test_compiled_handler_answers_like_eager(handler, tiny_run, sample_images):
     assert compiled.forward.buckets == [1]
     rows = [{"body": img} for img in sample_images[:3]]
     for a, b in zip(_answers(compiled, tiny_run, rows), _answers(handler, tiny_run, rows)):
-        assert a["tags"] == b["tags"]
-        # In bf16 the compiled graph rounds at other places than eager does: scores move in the third decimal.
-        assert a["season"]["score"] == pytest.approx(b["season"]["score"], abs=0.01)
+        # In bf16 (AVX512-BF16/AMX machines) the compiled graph rounds at other places than eager does: scores move
+        # in the second or third decimal, so the tiny model's near ties may fall the other way; nothing else may.
+        for head in ("time_of_day", "season", "terrain", "objects"):
+            assert a[head]["scores"] == pytest.approx(b[head]["scores"], abs=0.02), head
+        for head in ("time_of_day", "season", "terrain"):
+            runner_up, best = sorted(b[head]["scores"].values())[-2:]
+            if best - runner_up > 0.04:
+                assert a[head]["label"] == b[head]["label"], head
+        thresholds = {c.id: c.threshold for g in handler.taxonomy.groups if g.kind != SINGLE for c in g.classes}
+        clear = {k for k, v in b["objects"]["scores"].items() if abs(v - thresholds[k]) > 0.02}
+        assert set(a["objects"]["labels"]) & clear == set(b["objects"]["labels"]) & clear
 
 
 def test_torch_threads_setting_sets_the_workers_threads(tiny_run):

@@ -143,7 +143,8 @@ def test_package_answers_like_the_eager_model(int8_run, sample_images):
     (int8_logits, int8_cells, _), (eager_logits, eager_cells, _) = int8.inference(batch), eager.inference(batch)
     assert int8_logits.shape == eager_logits.shape == (MAX_BATCH + 3, 20)
     assert int8_cells.shape == eager_cells.shape == (MAX_BATCH + 3, 8, 4, 4)  # the map the boxes come from
-    assert torch.equal(int8.inference(batch[:1])[0], int8_logits[:1])  # batch 1 and the chunked batch agree
+    # batch 1 and the chunked batch agree; not bit for bit: AMX's int8 kernels block a batch of 1 differently
+    torch.testing.assert_close(int8.inference(batch[:1])[0], int8_logits[:1], rtol=1e-4, atol=1e-4)
     for mine, reference in ((int8_logits, eager_logits), (int8_cells, eager_cells)):
         error = (mine - reference).abs().mean() / reference.std()
         assert error < 0.25, f"int8 output off by {error:.2f} of the eager output's spread"

@@ -124,10 +124,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--step-minutes", type=float, metavar="MIN",
                        help="size the schedule to this machine: --epoch-steps becomes the number of steps that fit "
                             "MIN minutes over --epochs, by the step rate measured on a throwaway copy of the model "
-                            "before training (scoring between epochs not counted); kept on --resume")
+                            "before training (scoring between epochs not counted); overrides --epoch-steps, kept "
+                            "on --resume")
     optim.add_argument("-b", "--batch-size", type=int, default=32,
                        help="whole photos per optimisation step (0: crops only, training just the object cells; "
-                            "needs --epoch-steps and photos with boxes)")
+                            "needs --epoch-steps or --step-minutes, and photos with boxes)")
     optim.add_argument("--freeze-cells", action="store_true",
                        help="hold the backbone up to layer3 and the object cells as they are (from --init-from) "
                             "and train layer4 and the scene heads on whole photos only")
