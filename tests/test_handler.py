@@ -15,7 +15,7 @@ from ts.context import Context, RequestProcessor
 from handler.tagger_handler import PhotoTaggerHandler
 from phototag.locate import InputGeometry
 from phototag.preprocessing import resize_to_tensor
-from phototag.taxonomy import SINGLE, Taxonomy, TaxonomyError
+from phototag.taxonomy import Taxonomy, TaxonomyError
 from serving.torchserve_process import REPO
 
 
@@ -147,7 +147,7 @@ def test_compiled_handler_answers_like_eager(handler, tiny_run, sample_images):
             runner_up, best = sorted(b[head]["scores"].values())[-2:]
             if best - runner_up > 0.04:
                 assert a[head]["label"] == b[head]["label"], head
-        thresholds = {c.id: c.threshold for g in handler.taxonomy.groups if g.kind != SINGLE for c in g.classes}
+        thresholds = handler.taxonomy.thresholds()
         clear = {k for k, v in b["objects"]["scores"].items() if abs(v - thresholds[k]) > 0.02}
         assert set(a["objects"]["labels"]) & clear == set(b["objects"]["labels"]) & clear
 
